@@ -1,0 +1,1 @@
+"""Shared test helpers: privileged-test gating, the loopback-only guard, processes."""
