@@ -1,0 +1,1 @@
+"""edge net: the network controller (nftables table inet edge, links, addresses, WireGuard)."""
