@@ -1,0 +1,293 @@
+"""The benchmark run: origin up, proxies up, wrk against each proxy per test, one table.
+
+Owns the order of a run and the CPU layout: the nginx origin and wrk share CPU 0, every
+proxy under test is pinned to CPU 1 (``taskset -c``), one worker/thread each. All proxies
+are started first and the tests interleave them (test by test, proxy by proxy), so slow
+drifts of a shared machine hit every proxy alike. A proxy that is missing or fails to
+start becomes a row saying so; the others still run. Every process started here is
+stopped on the way out (also on Ctrl-C, SIGTERM and exceptions) by ``procs.Supervisor``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from bench import peers, report
+from bench.procs import Child, StartError, Supervisor, free_ports, pinned
+from bench.wrk import WrkError, parse_wrk, wrk_argv
+
+__all__ = ["CLIENT_CPU", "PROXY_CPU", "RESULTS_DIR", "Options", "run"]
+
+CLIENT_CPU = 0  # nginx origin + wrk
+PROXY_CPU = 1  # the proxy under test
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+EXIT_OK, EXIT_RUNTIME = 0, 1
+
+
+@dataclass(slots=True)
+class Options:
+    """What to run; the command line maps onto this one to one."""
+
+    duration_s: int = 10
+    warmup_s: int = 1
+    proxies: tuple[str, ...] = peers.PROXIES
+    tests: tuple[str, ...] = tuple(report.TESTS)
+    edge_policy: Path | None = None
+    results_dir: Path = RESULTS_DIR
+    keep: bool = False
+    pin: bool = True
+    start_timeout_s: float = 20.0
+    extra_meta: dict[str, object] = field(default_factory=dict)
+
+
+def _log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _cpu_layout(want: bool) -> tuple[int | None, int | None]:
+    """(client CPU, proxy CPU), or (None, None) when pinning is off or impossible here."""
+    if not want:
+        return None, None
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if {CLIENT_CPU, PROXY_CPU} <= allowed and shutil.which("taskset"):
+        return CLIENT_CPU, PROXY_CPU
+    _log(f"cannot pin to CPUs {CLIENT_CPU} and {PROXY_CPU} (allowed: {sorted(allowed)}); running unpinned")
+    return None, None
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the supervisor's cleanup runs."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _write_files(run_dir: Path, files: dict[str, str | bytes]) -> None:
+    for relative, content in files.items():
+        path = run_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        path.chmod(0o644)
+    for directory in {(run_dir / r).parent for r in files}:
+        directory.chmod(0o755)  # nginx workers may run as nobody
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    text = (done.stdout + done.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+def _versions(proxies: tuple[str, ...]) -> dict[str, str]:
+    commands = {
+        "origin": ["nginx", "-v"],
+        "nginx": ["nginx", "-v"],
+        "haproxy": ["haproxy", "-v"],
+        "caddy": ["caddy", "version"],
+        "edge": [peers.edge_binary() or "edge", "--version"],
+        "wrk": ["wrk", "--version"],
+    }
+    return {name: _version(commands[name]) for name in ("origin", "wrk", *proxies) if name in commands}
+
+
+def _git_commit() -> str:
+    return _version(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"])
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+    return count
+
+
+class _Run:
+    """The state of one run: where things are, what is up, the rows so far."""
+
+    def __init__(self, options: Options, run_dir: Path, supervisor: Supervisor) -> None:
+        self.options = options
+        self.run_dir = run_dir
+        self.supervisor = supervisor
+        self.client_cpu, self.proxy_cpu = _cpu_layout(options.pin)
+        names = list(options.proxies)
+        ports = free_ports(3 + len(names))
+        self.ports = peers.RunPorts(ports[0], ports[1], dict(zip(names, ports[3:])), edge_admin=ports[2])
+        self.up: dict[str, tuple[Child, peers.Launch]] = {}
+        self.failed: dict[str, str] = {}
+        self.rows: list[report.Row] = []
+
+    def start_origin(self) -> None:
+        launch = peers.launch_origin(self.ports, self.run_dir)
+        _write_files(self.run_dir, launch.files)
+        child = self.supervisor.start("origin", pinned(launch.argv, self.client_cpu))
+        for port in (self.ports.origin1, self.ports.origin2):
+            self.supervisor.wait_ready(child, "127.0.0.1", port, self.options.start_timeout_s, path="/64k")
+
+    def start_proxy(self, name: str) -> None:
+        if peers.binary(name) is None:
+            self.failed[name] = f"skipped: {'edge' if name == 'edge' else name} not installed"
+            return
+        try:
+            launch = peers.launch_proxy(name, self.ports, self.run_dir, self.options.edge_policy)
+            _write_files(self.run_dir, launch.files)
+            child = self.supervisor.start(name, pinned(launch.argv, self.proxy_cpu), launch.env)
+            self.supervisor.wait_ready(child, launch.host, launch.port, self.options.start_timeout_s, path="/small")
+        except (StartError, ValueError, OSError) as exc:
+            self.failed[name] = f"failed to start: {' '.join(str(exc).split())[:400]}"
+            return
+        self.up[name] = (child, launch)
+        _log(f"{name} ready on {launch.host}:{launch.port}")
+
+    def wrk(self, launch: peers.Launch, test: str, duration_s: int) -> str:
+        path, connections = report.TESTS[test]
+        host = f"[{launch.host}]" if ":" in launch.host else launch.host
+        argv = pinned(wrk_argv(f"http://{host}:{launch.port}{path}", connections, duration_s), self.client_cpu)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
+        if done.returncode != 0:
+            raise WrkError(f"wrk exited {done.returncode}: {(done.stderr or done.stdout).strip()[:300]}")
+        return done.stdout
+
+    def measure(self, name: str, test: str) -> report.Row:
+        child, launch = self.up[name]
+        if child.exited() is not None:
+            return report.Row(name, test, "failed", f"died (status {child.exited()}): {child.log_tail(3)}")
+        try:
+            result = parse_wrk(self.wrk(launch, test, self.options.duration_s))
+        except (WrkError, subprocess.TimeoutExpired, OSError) as exc:
+            return report.Row(name, test, "failed", f"{test}: {' '.join(str(exc).split())[:300]}")
+        if child.exited() is not None:
+            return report.Row(name, test, "failed", f"died during {test} (status {child.exited()})")
+        detail = dict(result.socket_errors, non_2xx_3xx=result.non_2xx_3xx)
+        return report.Row(
+            name,
+            test,
+            rps=result.rps,
+            p50=result.p50,
+            p99=result.p99,
+            errors=result.errors,
+            requests=result.requests,
+            bytes_per_request=result.bytes_per_request,
+            detail=detail,
+        )
+
+    def execute(self) -> None:
+        self.start_origin()
+        _log(f"origin ready on 127.0.0.1:{self.ports.origin1} and :{self.ports.origin2}")
+        for name in self.options.proxies:
+            self.start_proxy(name)
+        if self.options.warmup_s > 0:
+            for name, (_child, launch) in self.up.items():
+                try:
+                    self.wrk(launch, "small", self.options.warmup_s)
+                except (WrkError, subprocess.TimeoutExpired, OSError) as exc:
+                    _log(f"{name}: warm-up failed: {exc}")
+        for test in self.options.tests:
+            for name in self.options.proxies:
+                if name in self.failed:
+                    self.rows.append(
+                        report.Row(
+                            name, test, "skipped" if "skipped" in self.failed[name] else "failed", self.failed[name]
+                        )
+                    )
+                    continue
+                path, connections = report.TESTS[test]
+                _log(f"{name} {test} (GET {path}, {connections} conn, {self.options.duration_s}s)")
+                self.rows.append(self.measure(name, test))
+
+    def meta(self, started: datetime) -> dict[str, object]:
+        meta: dict[str, object] = {
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "commit": _git_commit(),
+            "duration_s": self.options.duration_s,
+            "warmup_s": self.options.warmup_s,
+            "tests": {t: {"path": report.TESTS[t][0], "connections": report.TESTS[t][1]} for t in self.options.tests},
+            "wrk_threads": 1,
+            "pinning": {"client_cpu": self.client_cpu, "proxy_cpu": self.proxy_cpu},
+            "cpus": os.cpu_count(),
+            "loadavg": os.getloadavg(),
+            "versions": _versions(self.options.proxies),
+            **self.options.extra_meta,
+        }
+        if "edge" in self.up:
+            meta["edge"] = dict(self.up["edge"][1].notes)
+            log_path = Path(str(self.up["edge"][1].notes.get("access_log", "-")))
+            if log_path.is_file():
+                meta["edge"]["access_log_lines"] = _count_lines(log_path)
+        return meta
+
+
+def run(options: Options, out: TextIO = sys.stdout) -> int:
+    """Run the benchmark, print the table to ``out``, write JSON (and a PNG); 0 if every proxy ran."""
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} not found on PATH (scripts/setup installs it)", file=sys.stderr)
+            return EXIT_RUNTIME
+    started = datetime.now(UTC)
+    run_dir = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    run_dir.chmod(0o755)  # nginx workers may run as nobody and must read www/
+    meta: dict[str, object] = {}
+    try:
+        with _sigterm_as_interrupt(), Supervisor(run_dir) as supervisor:
+            state = _Run(options, run_dir, supervisor)
+            try:
+                state.execute()
+            except StartError as exc:
+                print(f"origin: failed to start: {exc}", file=sys.stderr)
+                return EXIT_RUNTIME
+            meta = state.meta(started)
+        rows = state.rows
+    finally:
+        if options.keep:
+            _log(f"kept {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    print(report.format_table(rows), file=out, flush=True)
+    _write_outputs(options, started, meta, rows, out)
+    return EXIT_OK if all(r.status != "failed" for r in rows) else EXIT_RUNTIME
+
+
+def _write_outputs(
+    options: Options, started: datetime, meta: dict[str, object], rows: list[report.Row], out: TextIO
+) -> None:
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    json_path = options.results_dir / f"bench-{stamp}.json"
+    report.write_json(json_path, meta, rows)
+    lines = [f"results: {json_path}"]
+    edge_meta = meta.get("edge")
+    if isinstance(edge_meta, dict):
+        lines.append(f"edge access log: {edge_meta.get('access_log')} ({edge_meta.get('access_log_lines', '?')} lines)")
+    png_path = json_path.with_suffix(".png")
+    lines.append(f"plot: {png_path}" if report.write_plot(png_path, rows) else "plot: skipped (no matplotlib)")
+    print("\n" + "\n".join(lines), file=out, flush=True)

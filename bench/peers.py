@@ -1,0 +1,193 @@
+"""The processes of a benchmark: the nginx origin and the proxies under test, as launch specs.
+
+Owns which binary runs with which config and environment for each proxy (edge, nginx,
+HAProxy, Caddy) and the origin. Configs are the templates in ``bench/configs/``
+filled with the run's ports and directory (``${port}`` etc.; only the braced form, so
+nginx's own ``$variables`` pass through). Pure: renders text and argv, starts nothing;
+``bench/procs.py`` runs them and ``bench/harness.py`` decides the order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = [
+    "CONFIG_DIR",
+    "PROXIES",
+    "Launch",
+    "RunPorts",
+    "SMALL_BODY",
+    "LARGE_BODY",
+    "edge_binary",
+    "launch_origin",
+    "launch_proxy",
+    "listen_address",
+    "render",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# The proxies in the order they are measured and shown; edge first, the reference for ratios.
+PROXIES = ("edge", "haproxy", "nginx", "caddy")
+
+# Response bodies served by the origin at /small and /64k.
+SMALL_BODY = (b"edge bench " * 10)[:99] + b"\n"  # exactly 100 bytes
+LARGE_BODY = bytes(range(256)) * 256  # exactly 64 KiB
+
+_PLACEHOLDER = re.compile(r"\$\{([a-z_0-9]+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class RunPorts:
+    """The loopback ports of one run: origin (two), and per proxy a listener (and admin for edge)."""
+
+    origin1: int
+    origin2: int
+    proxies: dict[str, int]
+    edge_admin: int
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How to start one process: argv (without CPU pinning), extra env, files to write first."""
+
+    name: str
+    argv: list[str]
+    host: str
+    port: int
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def render(template: str, values: dict[str, object], source: str = "<template>") -> str:
+    """Fill ``${name}`` placeholders; an unknown ``${name}`` is an error (a typo would hang the run).
+
+    Only the braced form is a placeholder, so nginx's ``$host`` and a YAML ``$`` stay as written.
+    """
+    unknown: set[str] = set()
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            unknown.add(name)
+            return match.group(0)
+        return str(values[name])
+
+    text = _PLACEHOLDER.sub(fill, template)
+    if unknown:
+        names = ", ".join("${" + n + "}" for n in sorted(unknown))
+        raise ValueError(f"{source}: unknown placeholder(s) {names}; known: {', '.join(sorted(values))}")
+    return text
+
+
+def _template(name: str) -> str:
+    return (CONFIG_DIR / name).read_text()
+
+
+def _values(ports: RunPorts, run_dir: Path, name: str) -> dict[str, object]:
+    return {
+        "dir": run_dir,
+        "port": ports.proxies.get(name, 0),
+        "admin_port": ports.edge_admin,
+        "origin_port1": ports.origin1,
+        "origin_port2": ports.origin2,
+        "access_log": run_dir / "edge-access.log",
+    }
+
+
+def launch_origin(ports: RunPorts, run_dir: Path) -> Launch:
+    """The nginx origin: /small (100 B) and /64k (64 KiB) on two ports."""
+    conf = render(_template("origin-nginx.conf"), _values(ports, run_dir, "origin"), "origin-nginx.conf")
+    return Launch(
+        name="origin",
+        argv=_nginx_argv(run_dir, "origin"),
+        host="127.0.0.1",
+        port=ports.origin1,
+        files={"origin.conf": conf, "www/small": SMALL_BODY, "www/64k": LARGE_BODY},
+    )
+
+
+def _nginx_argv(run_dir: Path, name: str) -> list[str]:
+    return [
+        "nginx",
+        "-p",
+        str(run_dir),
+        "-e",
+        str(run_dir / f"{name}-error.log"),
+        "-c",
+        str(run_dir / f"{name}.conf"),
+        "-g",
+        "daemon off;",
+    ]
+
+
+def edge_binary() -> str | None:
+    """The ``edge`` console script next to this interpreter (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "edge"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("edge")
+
+
+def binary(name: str) -> str | None:
+    """The executable a proxy (or ``origin``) needs, or None when it is not installed."""
+    if name == "edge":
+        return edge_binary()
+    return shutil.which({"origin": "nginx"}.get(name, name))
+
+
+def listen_address(policy_text: str) -> tuple[str, int]:
+    """The first address of the first listener of an edge policy: where wrk is pointed."""
+    data = yaml.safe_load(policy_text) or {}
+    listeners = data.get("listeners") or {}
+    for listener in listeners.values():
+        if (listener or {}).get("tls"):
+            raise ValueError("edge policy: the first listener has tls; --https is not supported yet")
+        for address in (listener or {}).get("listen") or ():
+            host, _, port = str(address).rpartition(":")
+            host = host.strip("[]")
+            if host in ("0.0.0.0", "", "::"):
+                host = "127.0.0.1" if host != "::" else "::1"
+            return host, int(port)
+    raise ValueError("edge policy: no listener address (listeners.NAME.listen)")
+
+
+def launch_proxy(name: str, ports: RunPorts, run_dir: Path, edge_policy: Path | None = None) -> Launch:
+    """The launch spec of one proxy under test, its config rendered for this run."""
+    values = _values(ports, run_dir, name)
+    port = ports.proxies[name]
+    if name == "edge":
+        source = edge_policy or CONFIG_DIR / "edge.yaml"
+        policy = render(Path(source).read_text(), values, str(source))
+        host, port = listen_address(policy)
+        access_log = (yaml.safe_load(policy).get("access_log") or {}).get("path", "-")
+        return Launch(
+            name=name,
+            argv=[edge_binary() or "edge", "serve", "-c", str(run_dir / "edge.yaml")],
+            host=host,
+            port=port,
+            files={"edge.yaml": policy},
+            notes={"policy": str(source), "access_log": str(access_log)},
+        )
+    if name == "nginx":
+        conf = render(_template("nginx.conf"), values, "nginx.conf")
+        return Launch(name, _nginx_argv(run_dir, "nginx"), "127.0.0.1", port, files={"nginx.conf": conf})
+    if name == "haproxy":
+        conf = render(_template("haproxy.cfg"), values, "haproxy.cfg")
+        argv = ["haproxy", "-db", "-f", str(run_dir / "haproxy.cfg")]
+        return Launch(name, argv, "127.0.0.1", port, files={"haproxy.cfg": conf})
+    if name == "caddy":
+        conf = render(_template("Caddyfile"), values, "Caddyfile")
+        argv = ["caddy", "run", "--config", str(run_dir / "Caddyfile"), "--adapter", "caddyfile"]
+        home = str(run_dir / "caddy-home")
+        env = {"GOMAXPROCS": "1", "HOME": home, "XDG_DATA_HOME": home, "XDG_CONFIG_HOME": home}
+        return Launch(name, argv, "127.0.0.1", port, files={"Caddyfile": conf}, env=env)
+    raise ValueError(f"unknown proxy {name!r} (known: {', '.join(PROXIES)})")

@@ -1,0 +1,191 @@
+"""Process supervision for the benchmark: start pinned, wait for readiness, always clean up.
+
+Owns every child process of a run. Each child is started in its own session (process
+group), so stopping it reaches its workers too (nginx master + worker); ``close()`` stops
+them all, SIGTERM then SIGKILL after a grace period, and runs from ``__exit__`` on normal
+exit, exceptions and Ctrl-C. On Linux a child also gets SIGKILL if the harness itself dies
+(PR_SET_PDEATHSIG). Readiness is polled against a deadline, never slept for.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["Child", "StartError", "Supervisor", "free_ports", "pinned"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+class StartError(RuntimeError):
+    """A process exited or never became ready; the message says why (with its log's tail)."""
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def pinned(argv: list[str], cpu: int | None) -> list[str]:
+    """Prefix ``taskset -c CPU`` (None: no pinning)."""
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports, all held open until all are picked (then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(slots=True)
+class Child:
+    """One started process and where its output goes."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def exited(self) -> int | None:
+        return self.process.poll()
+
+
+class Supervisor:
+    """Starts children and guarantees they are all stopped when the ``with`` block ends."""
+
+    def __init__(self, run_dir: Path, grace_s: float = 5.0) -> None:
+        self.run_dir = run_dir
+        self.grace_s = grace_s
+        self.children: list[Child] = []
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        """Start ``argv`` in a new session with stdout+stderr to ``RUN_DIR/NAME.out``."""
+        log_path = self.run_dir / f"{name}.out"
+        full_env = {**os.environ, **(env or {})}
+        with open(log_path, "wb") as log:
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=full_env,
+                    cwd=self.run_dir,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                )
+            except OSError as exc:
+                raise StartError(f"{argv[0]}: {exc.strerror or exc}") from exc
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    def wait_ready(self, child: Child, host: str, port: int, deadline_s: float = 15.0, path: str | None = None) -> None:
+        """Poll until ``host:port`` accepts (and ``GET path`` answers 200, if given), or raise StartError."""
+        deadline = time.monotonic() + deadline_s
+        last_error = "no attempt"
+        while time.monotonic() < deadline:
+            code = child.exited()
+            if code is not None:
+                raise StartError(f"exited with status {code}: {child.log_tail() or '(no output)'}")
+            try:
+                if path is None:
+                    with socket.create_connection((host, port), timeout=0.5):
+                        return
+                status = _get_status(host, port, path)
+                if status == 200:
+                    return
+                last_error = f"GET {path} answered {status}"
+            except OSError as exc:
+                last_error = f"{host}:{port}: {exc.strerror or exc}"
+            time.sleep(0.05)  # poll interval, not a readiness guess
+        tail = child.log_tail()
+        raise StartError(f"not ready within {deadline_s:g}s ({last_error})" + (f": {tail}" if tail else ""))
+
+    def stop(self, child: Child) -> None:
+        """SIGTERM the child's process group, SIGKILL it after the grace period."""
+        process = child.process
+        if process.poll() is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(self.grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # The leader may be gone while its workers linger: the group gets SIGKILL regardless.
+        _signal_group(process.pid, signal.SIGKILL)
+        try:
+            process.wait(self.grace_s)
+        except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
+            pass
+        if child in self.children:
+            self.children.remove(child)
+
+    def close(self) -> None:
+        """Stop every child, newest first; never raises, and is not interrupted by a second Ctrl-C."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            for child in reversed(list(self.children)):
+                try:
+                    self.stop(child)
+                except Exception as exc:  # pragma: no cover - best effort cleanup
+                    print(f"bench: could not stop {child.name}: {exc}", file=sys.stderr)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _get_status(host: str, port: int, path: str) -> int:
+    connection = http.client.HTTPConnection(host, port, timeout=2.0)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()

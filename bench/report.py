@@ -1,0 +1,236 @@
+"""Results of a run: rows, ratios to edge, the issue's targets, the table, JSON and plot.
+
+Owns the presentation and the arithmetic on measured numbers; pure except for
+``write_json`` and ``write_plot``. The printed table is also a format: ``parse_table``
+reads it back (the smoke test and later tooling rely on it), so change both together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "TESTS",
+    "Row",
+    "Target",
+    "format_table",
+    "format_time",
+    "parse_table",
+    "ratios",
+    "targets",
+    "write_json",
+    "write_plot",
+]
+
+# test name -> (path, connections): what each test asks wrk for.
+TESTS: dict[str, tuple[str, int]] = {
+    "small": ("/small", 50),
+    "64k": ("/64k", 50),
+    "latency": ("/small", 1),
+}
+
+REFERENCE = "edge"
+
+
+@dataclass(slots=True)
+class Row:
+    """One proxy x test: measured numbers (seconds for latencies), or why there are none."""
+
+    proxy: str
+    test: str
+    status: str = "ok"  # ok | failed | skipped
+    message: str = ""
+    rps: float = 0.0
+    p50: float = 0.0
+    p99: float = 0.0
+    errors: int = 0
+    requests: int = 0
+    bytes_per_request: float = 0.0
+    detail: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One of the issue's targets, edge against HAProxy: ``edge_value <op> bound * haproxy_value``."""
+
+    test: str
+    metric: str
+    op: str
+    factor: float
+    edge: float
+    peer: float
+
+    @property
+    def ratio(self) -> float:
+        return self.edge / self.peer if self.peer else math.inf
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.factor if self.op == ">=" else self.ratio <= self.factor
+
+
+# (test, metric, op, factor): issue 2's targets against HAProxy.
+TARGETS = (
+    ("small", "rps", ">=", 0.6),
+    ("small", "p99", "<=", 2.0),
+    ("64k", "rps", ">=", 0.9),
+    ("latency", "p50", "<=", 1.5),
+)
+
+
+def format_time(seconds: float) -> str:
+    """Latency the way people read it: 512us, 1.23ms, 1.20s."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f}us"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.2f}ms"
+    return f"{seconds:.2f}s"
+
+
+def _ok(rows: list[Row], proxy: str, test: str) -> Row | None:
+    return next((r for r in rows if r.proxy == proxy and r.test == test and r.status == "ok"), None)
+
+
+def ratios(rows: list[Row], row: Row) -> dict[str, float] | None:
+    """edge/peer for rps, p50 and p99 in the same test; None for edge itself or without an edge row."""
+    ref = _ok(rows, REFERENCE, row.test)
+    if row.proxy == REFERENCE or ref is None or row.status != "ok":
+        return None
+    return {
+        metric: (getattr(ref, metric) / getattr(row, metric)) if getattr(row, metric) else math.inf
+        for metric in ("rps", "p50", "p99")
+    }
+
+
+def targets(rows: list[Row], peer: str = "haproxy") -> list[Target]:
+    """The issue's targets that this run can judge (both edge and the peer measured)."""
+    found = []
+    for test, metric, op, factor in TARGETS:
+        ref, other = _ok(rows, REFERENCE, test), _ok(rows, peer, test)
+        if ref is not None and other is not None:
+            found.append(Target(test, metric, op, factor, getattr(ref, metric), getattr(other, metric)))
+    return found
+
+
+_HEADER = ("proxy", "test", "rps", "p50", "p99", "errors", "rps e/p", "p50 e/p", "p99 e/p")
+_WIDTHS = (8, 8, 10, 9, 9, 7, 8, 8, 8)
+
+
+def _line(cells: tuple[str, ...]) -> str:
+    return "  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, _WIDTHS))).rstrip()
+
+
+def format_table(rows: list[Row]) -> str:
+    """The one table: a row per proxy x test, ratios edge/peer (e/p) on the peers' rows, then targets."""
+    out = [_line(_HEADER)]
+    # A proxy that did not run: one line (not one per test), above the measurements.
+    out.extend(dict.fromkeys(f"{row.proxy}: {row.message}" for row in rows if row.status != "ok"))
+    for row in rows:
+        if row.status != "ok":
+            continue
+        ratio = ratios(rows, row)
+        ratio_cells = ("-", "-", "-") if ratio is None else tuple(f"{ratio[m]:.2f}" for m in ("rps", "p50", "p99"))
+        cells = (row.proxy, row.test, f"{row.rps:,.0f}", format_time(row.p50), format_time(row.p99), str(row.errors))
+        out.append(_line(cells + ratio_cells))
+    judged = targets(rows)
+    if judged:
+        out.append("")
+        out.append("targets (edge vs haproxy):")
+        for t in judged:
+            verdict = "met" if t.met else "MISSED"
+            out.append(f"  {t.test:<8} {t.metric:<4} edge/haproxy {t.ratio:.2f} (want {t.op} {t.factor:g})  {verdict}")
+    return "\n".join(out)
+
+
+_TIME = re.compile(r"^([\d.]+)(us|ms|s)$")
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _parse_time(text: str) -> float:
+    match = _TIME.match(text)
+    if match is None:
+        raise ValueError(f"not a latency: {text!r}")
+    return float(match.group(1)) * _TIME_UNITS[match.group(2)]
+
+
+def parse_table(text: str) -> list[dict[str, object]]:
+    """Read the measured rows back from ``format_table`` output (failure lines become status rows)."""
+    rows: list[dict[str, object]] = []
+    in_table = False
+    for line in text.splitlines():
+        parts = line.split()
+        if tuple(parts[:6]) == _HEADER[:6]:
+            in_table = True
+            continue
+        if not parts and in_table:
+            break  # the table ends at the first blank line (the targets follow)
+        if not in_table:
+            continue
+        if parts[0].endswith(":"):
+            rows.append({"proxy": parts[0][:-1], "status": "failed", "message": line.split(":", 1)[1].strip()})
+            continue
+        if len(parts) != len(_HEADER):
+            continue
+        rows.append(
+            {
+                "proxy": parts[0],
+                "test": parts[1],
+                "status": "ok",
+                "rps": float(parts[2].replace(",", "")),
+                "p50": _parse_time(parts[3]),
+                "p99": _parse_time(parts[4]),
+                "errors": int(parts[5]),
+                "ratios": None if parts[6] == "-" else dict(zip(("rps", "p50", "p99"), map(float, parts[6:9]))),
+            }
+        )
+    return rows
+
+
+def write_json(path: Path, meta: dict[str, object], rows: list[Row]) -> None:
+    """The whole run as JSON: metadata, rows (latencies in seconds), ratios and targets."""
+    document = {
+        "meta": meta,
+        "rows": [asdict(r) | {"ratios_edge_over_peer": ratios(rows, r)} for r in rows],
+        "targets": [asdict(t) | {"ratio": t.ratio, "met": t.met} for t in targets(rows)],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def _value(rows: list[Row], proxy: str, test: str, metric: str) -> float:
+    row = _ok(rows, proxy, test)
+    return float(getattr(row, metric)) if row is not None else 0.0
+
+
+def write_plot(path: Path, rows: list[Row]) -> bool:
+    """Bar charts of rps and p99 per test and proxy; False (nothing written) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    measured = [r for r in rows if r.status == "ok"]
+    tests = list(dict.fromkeys(r.test for r in measured))
+    proxies = list(dict.fromkeys(r.proxy for r in measured))
+    if not tests:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(len(proxies), 1)
+    for axis, metric, label, scale in ((axes[0], "rps", "requests/s", 1.0), (axes[1], "p99", "p99 (ms)", 1e3)):
+        for i, proxy in enumerate(proxies):
+            values = [_value(measured, proxy, test, metric) * scale for test in tests]
+            axis.bar([x + i * width for x in range(len(tests))], values, width, label=proxy)
+        axis.set_xticks([x + width * (len(proxies) - 1) / 2 for x in range(len(tests))], tests)
+        axis.set_ylabel(label)
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
