@@ -160,9 +160,9 @@ class UpstreamHealth:
         """One real request's outcome: its status, or ``NO_RESPONSE`` (0) for connect errors
         and timeouts. Returns the new state when it changed."""
         if status != NO_RESPONSE and status < 500:
-            if self.failures:
+            if self.failures or self.ejections:
                 self.failures = 0
-                self.ejections = 0
+                self.ejections = 0  # off probation: the next ejection starts at the base cool-down
             return None
         if self.state is not _UP:
             return None  # a straggler from before the ejection; nothing new to learn
@@ -236,7 +236,7 @@ class ServiceHealth:
         """Passive result for upstream ``index``; never ejects the last healthy upstream."""
         health = self.upstreams[index]
         if status != NO_RESPONSE and status < 500:
-            if health.failures:
+            if health.failures or health.ejections:
                 health.failures = 0
                 health.ejections = 0
             return None
