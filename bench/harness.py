@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bench import peers, report
-from bench.procs import Child, StartError, Supervisor, free_ports, pinned
+from bench.procs import Child, CpuMeter, StartError, Supervisor, free_ports, pinned, session_cpu_seconds
 from bench.wrk import WrkError, parse_wrk, wrk_argv
 
 __all__ = ["CLIENT_CPU", "PROXY_CPU", "RESULTS_DIR", "Options", "run"]
@@ -182,10 +183,15 @@ class _Run:
         child, launch = self.up[name]
         if child.exited() is not None:
             return report.Row(name, test, "failed", f"died (status {child.exited()}): {child.log_tail(3)}")
+        meter = CpuMeter(() if self.client_cpu is None else (self.client_cpu,))
+        cpu_before, started = session_cpu_seconds(child.process.pid), time.monotonic()
+        meter.start()
         try:
             result = parse_wrk(self.wrk(launch, test, self.options.duration_s))
         except (WrkError, subprocess.TimeoutExpired, OSError) as exc:
             return report.Row(name, test, "failed", f"{test}: {' '.join(str(exc).split())[:300]}")
+        client_busy = meter.stop().get(self.client_cpu) if self.client_cpu is not None else None
+        proxy_cpu = (session_cpu_seconds(child.process.pid) - cpu_before) / (time.monotonic() - started)
         if child.exited() is not None:
             return report.Row(name, test, "failed", f"died during {test} (status {child.exited()})")
         detail = dict(result.socket_errors, non_2xx_3xx=result.non_2xx_3xx)
@@ -199,6 +205,8 @@ class _Run:
             requests=result.requests,
             bytes_per_request=result.bytes_per_request,
             detail=detail,
+            proxy_cpu=proxy_cpu,
+            client_cpu=client_busy,
         )
 
     def execute(self) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Child", "StartError", "Supervisor", "free_ports", "pinned"]
+__all__ = ["Child", "CpuMeter", "StartError", "Supervisor", "free_ports", "pinned", "session_cpu_seconds"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -165,6 +165,55 @@ class Supervisor:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+
+def session_cpu_seconds(session: int) -> float:
+    """User + system CPU seconds of every live process in ``session`` (a child and its workers)."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[3]) == session:  # fields after "(comm)": state ppid pgrp session ... utime(11) stime(12)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Busy fraction of some CPUs between ``start()`` and ``stop()``, from /proc/stat."""
+
+    def __init__(self, cpus: tuple[int, ...]) -> None:
+        self.cpus = cpus
+        self._start: dict[int, tuple[int, int]] = {}
+
+    @staticmethod
+    def _read() -> dict[int, tuple[int, int]]:
+        """cpu -> (busy ticks, total ticks); idle and iowait count as not busy."""
+        times = {}
+        with open("/proc/stat") as handle:
+            for line in handle:
+                name, *values = line.split()
+                if name.startswith("cpu") and name != "cpu":
+                    numbers = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+                    total = sum(numbers)
+                    times[int(name[3:])] = (total - numbers[3] - numbers[4], total)
+        return times
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> dict[int, float]:
+        end = self._read()
+        busy = {}
+        for cpu in self.cpus:
+            if cpu in self._start and cpu in end:
+                d_busy, d_total = (e - s for s, e in zip(self._start[cpu], end[cpu]))
+                busy[cpu] = d_busy / d_total if d_total else 0.0
+        return busy
 
 
 def _main_thread() -> bool:

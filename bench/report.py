@@ -51,6 +51,8 @@ class Row:
     requests: int = 0
     bytes_per_request: float = 0.0
     detail: dict[str, int] = field(default_factory=dict)
+    proxy_cpu: float = 0.0  # CPU seconds of the proxy's processes per wall second of the test
+    client_cpu: float | None = None  # busy fraction of the origin + wrk CPU (None: not pinned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +118,10 @@ def targets(rows: list[Row], peer: str = "haproxy") -> list[Target]:
     return found
 
 
-_HEADER = ("proxy", "test", "rps", "p50", "p99", "errors", "rps e/p", "p50 e/p", "p99 e/p")
-_WIDTHS = (8, 8, 10, 9, 9, 7, 8, 8, 8)
+_HEADER = ("proxy", "test", "rps", "p50", "p99", "errors", "rps e/p", "p50 e/p", "p99 e/p", "cpu")
+_WIDTHS = (8, 8, 10, 9, 9, 7, 8, 8, 8, 5)
+# A client CPU this busy means the number is the client's ceiling rather than the proxy's.
+CLIENT_SATURATED = 0.95
 
 
 def _line(cells: tuple[str, ...]) -> str:
@@ -125,7 +129,8 @@ def _line(cells: tuple[str, ...]) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    """The one table: a row per proxy x test, ratios edge/peer (e/p) on the peers' rows, then targets."""
+    """The one table: a row per proxy x test, ratios edge/peer (e/p) on the peers' rows, the proxy's
+    CPU use (of one core), then the targets and a note where the client side was saturated."""
     out = [_line(_HEADER)]
     # A proxy that did not run: one line (not one per test), above the measurements.
     out.extend(dict.fromkeys(f"{row.proxy}: {row.message}" for row in rows if row.status != "ok"))
@@ -135,7 +140,7 @@ def format_table(rows: list[Row]) -> str:
         ratio = ratios(rows, row)
         ratio_cells = ("-", "-", "-") if ratio is None else tuple(f"{ratio[m]:.2f}" for m in ("rps", "p50", "p99"))
         cells = (row.proxy, row.test, f"{row.rps:,.0f}", format_time(row.p50), format_time(row.p99), str(row.errors))
-        out.append(_line(cells + ratio_cells))
+        out.append(_line((*cells, *ratio_cells, f"{row.proxy_cpu:.0%}")))
     judged = targets(rows)
     if judged:
         out.append("")
@@ -143,6 +148,11 @@ def format_table(rows: list[Row]) -> str:
         for t in judged:
             verdict = "met" if t.met else "MISSED"
             out.append(f"  {t.test:<8} {t.metric:<4} edge/haproxy {t.ratio:.2f} (want {t.op} {t.factor:g})  {verdict}")
+    saturated = [f"{r.proxy} {r.test}" for r in rows if r.status == "ok" and (r.client_cpu or 0) >= CLIENT_SATURATED]
+    if saturated:
+        out.append("")
+        out.append(f"note: the origin + wrk CPU was >= {CLIENT_SATURATED:.0%} busy in: {', '.join(saturated)};")
+        out.append("      where the proxy's cpu is well below 100% too, rps is the client's ceiling, not the proxy's.")
     return "\n".join(out)
 
 
@@ -185,6 +195,7 @@ def parse_table(text: str) -> list[dict[str, object]]:
                 "p99": _parse_time(parts[4]),
                 "errors": int(parts[5]),
                 "ratios": None if parts[6] == "-" else dict(zip(("rps", "p50", "p99"), map(float, parts[6:9]))),
+                "cpu": float(parts[9].rstrip("%")) / 100,
             }
         )
     return rows

@@ -206,7 +206,7 @@ def render_batch(ruleset: Ruleset, elements: Iterable[Element] = ()) -> dict:
     for chain in ruleset.chains:
         commands.extend({"add": _json_rule(chain.name, rule)} for rule in chain.rules)
     known = {s.name for s in ruleset.sets}
-    commands.extend({"add": c["add"]} for c in element_command("add", (e for e in elements if e.set_name in known)))
+    commands.extend(element_command("add", (e for e in elements if e.set_name in known)))
     return {"nftables": commands}
 
 
@@ -221,26 +221,35 @@ def render_delete_batch() -> dict:
     }
 
 
-def restore_batch(listing: list[dict]) -> dict:
+def restore_batch(listing: list[dict], elements: Iterable[Element] | None = None) -> dict:
     """Turn a saved ``nft -j list table inet edge`` back into a replacing transaction.
 
-    Handles and counter values are dropped; set elements keep their remaining time.
+    Handles and counter values are dropped. Block-list members come from ``elements``
+    (the current ones, so a rollback keeps bans made since) or, when None, from the
+    listing itself with the lifetime they had left then.
     """
     commands: list[dict] = [
         {"metainfo": {"json_schema_version": JSON_SCHEMA_VERSION}},
         {"add": table_ref()},
         {"delete": table_ref()},
     ]
+    sets = set()
     for obj in listing:
-        (kind, body), = obj.items()
+        ((kind, body),) = obj.items()
         if kind == "metainfo":
             continue
         body = {k: v for k, v in body.items() if k != "handle"}
-        if kind == "set" and "elem" in body:
-            body["elem"] = [_restore_elem(e) for e in body["elem"]]
+        if kind == "set":
+            sets.add(body["name"])
+            if elements is not None:
+                body.pop("elem", None)
+            elif "elem" in body:
+                body["elem"] = [_restore_elem(e) for e in body["elem"]]
         if kind == "rule":
             body["expr"] = [{"counter": None} if "counter" in e else e for e in body["expr"]]
         commands.append({"add": {kind: body}})
+    if elements is not None:
+        commands.extend(element_command("add", (e for e in elements if e.set_name in sets)))
     return {"nftables": commands}
 
 

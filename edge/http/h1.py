@@ -1,0 +1,399 @@
+"""HTTP/1.1 message heads over httptools (llhttp), strict: bytes in, heads and body events out.
+
+llhttp with every leniency off (httptools' default) already rejects both
+Content-Length and Transfer-Encoding, repeated Content-Length, bare LF, obs-fold,
+bad chunk sizes and control characters. On top of it this module enforces what
+llhttp leaves to the application: exactly one valid Host, Transfer-Encoding exactly
+``chunked`` (other codings 501, garbage 400, any coding on HTTP/1.0 400), HTTP/1.0
+or 1.1 only, origin-form targets, and ``limits.max_header_size`` (431).
+
+``RequestReader`` and ``ResponseReader`` are sans-IO: the caller feeds bytes and
+receives calls on a *sink*; problems raise ``ProtocolError(status, reason)``.
+Header lines that go on are kept pre-encoded (``b"Name: value\\r\\n"``) with
+hop-by-hop and forwarding headers already taken out, so the proxy only joins bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+import httptools
+
+__all__ = [
+    "HOP_BY_HOP",
+    "ProtocolError",
+    "RequestHead",
+    "RequestReader",
+    "RequestSink",
+    "ResponseHead",
+    "ResponseReader",
+    "ResponseSink",
+]
+
+# RFC 9110 7.6.1 plus the ones RFC 2616 and practice add; never forwarded as they are.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# Request headers the proxy sets itself (client values believed only from trusted proxies).
+FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+
+_KNOWN_CODINGS = frozenset({b"chunked", b"gzip", b"deflate", b"compress", b"x-gzip", b"x-compress", b"identity"})
+_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# reg-name / IPv4 / [IPv6], optional :port (RFC 3986 authority without userinfo)
+_HOST = re.compile(rb"^(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+class ProtocolError(Exception):
+    """Bad input from a peer: answer ``status`` (when a client sent it) and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+
+class RequestHead:
+    """One parsed request head, ready to be re-emitted upstream."""
+
+    __slots__ = (
+        "chunked",
+        "connection_tokens",
+        "content_length",
+        "expect_continue",
+        "forwarded",
+        "host",
+        "keep_alive",
+        "lines",
+        "method",
+        "names",
+        "target",
+        "upgrade",
+        "version",
+        "x_forwarded_for",
+        "x_forwarded_host",
+        "x_forwarded_proto",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.version = b"1.1"
+        self.host: bytes | None = None
+        self.lines: list[bytes] = []  # end-to-end header lines, CRLF included
+        self.names: list[bytes] = []  # their lower-case names, parallel to lines
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade: bytes | None = None
+        self.expect_continue = False
+        self.connection_tokens: list[bytes] | None = None
+        self.x_forwarded_for: bytes | None = None
+        self.x_forwarded_proto: bytes | None = None
+        self.x_forwarded_host: bytes | None = None
+        self.forwarded: bytes | None = None
+
+    @property
+    def path(self) -> bytes:
+        q = self.target.find(b"?")
+        return self.target if q < 0 else self.target[:q]
+
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def __repr__(self) -> str:
+        return f"<RequestHead {self.method.decode()} {self.target!r} HTTP/{self.version.decode()}>"
+
+
+class RequestSink(Protocol):
+    def request_head(self, head: RequestHead) -> None: ...
+    def request_body(self, data: bytes) -> None: ...
+    def request_end(self) -> None: ...
+
+
+def _check_transfer_encoding(value: bytes) -> None:
+    codings = [c.strip().lower() for c in value.split(b",")]
+    if codings == [b"chunked"]:
+        return
+    if all(_TOKEN.match(c) for c in codings) and all(c in _KNOWN_CODINGS for c in codings):
+        raise ProtocolError(501, "transfer coding not implemented")
+    raise ProtocolError(400, "invalid Transfer-Encoding")
+
+
+class RequestReader:
+    """Feeds request bytes to httptools and turns its callbacks into checked heads."""
+
+    __slots__ = ("_head", "_head_size", "_in_head", "_max_head", "_parser", "_sink", "_url")
+
+    def __init__(self, sink: RequestSink, max_header_size: int = 32 * 1024) -> None:
+        self._sink = sink
+        self._max_head = max_header_size
+        self._parser = httptools.HttpRequestParser(self)
+        self._head: RequestHead | None = None
+        self._url = b""
+        self._head_size = 0
+        self._in_head = False
+
+    def feed(self, data: bytes) -> int:
+        """Parse ``data``; return -1, or the offset of tunnel bytes after an Upgrade/CONNECT head.
+
+        Raises ProtocolError for anything malformed or too large.
+        """
+        if self._in_head:
+            self._head_size += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            return int(exc.args[0])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, ProtocolError):
+                raise cause from None
+            raise
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(400, _reason(exc)) from None
+        if self._in_head and self._head_size > self._max_head + 4:
+            raise ProtocolError(431, "request header fields too large")
+        return -1
+
+    @property
+    def in_head(self) -> bool:
+        return self._in_head
+
+    # -- httptools callbacks --------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._head = RequestHead()
+        self._url = b""
+        self._in_head = True
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._max_head:
+            raise ProtocolError(431, "request target too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self._head
+        assert head is not None
+        lname = name.lower()
+        size = len(name) + len(value) + 4
+        if lname == b"host":
+            if head.host is not None:
+                raise ProtocolError(400, "more than one Host header")
+            head.host = value
+        elif lname in HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                if head.chunked:
+                    raise ProtocolError(400, "more than one Transfer-Encoding header")
+                _check_transfer_encoding(value)
+                head.chunked = True
+            elif lname == b"connection":
+                tokens = [t.strip().lower() for t in value.split(b",") if t.strip()]
+                head.connection_tokens = (head.connection_tokens or []) + tokens
+            elif lname == b"upgrade":
+                head.upgrade = value
+            # the rest (te, trailer, keep-alive, proxy-*) are dropped
+        elif lname in FORWARDING:
+            if lname == b"x-forwarded-for":
+                head.x_forwarded_for = value if head.x_forwarded_for is None else head.x_forwarded_for + b", " + value
+            elif lname == b"forwarded":
+                head.forwarded = value if head.forwarded is None else head.forwarded + b", " + value
+            elif lname == b"x-forwarded-proto":
+                head.x_forwarded_proto = value
+            else:
+                head.x_forwarded_host = value
+        elif lname == b"content-length":
+            head.content_length = int(value)  # llhttp checked digits and repeats
+        elif lname == b"expect":
+            if value.strip().lower() == b"100-continue":
+                head.expect_continue = True
+            else:
+                raise ProtocolError(417, "unsupported expectation")
+        else:
+            head.lines.append(b"%s: %s\r\n" % (name, value))
+            head.names.append(lname)
+        self._head_size += size
+
+    def on_headers_complete(self) -> None:
+        head = self._head
+        assert head is not None
+        self._in_head = False
+        if len(self._url) + self._head_size > self._max_head:
+            raise ProtocolError(431, "request header fields too large")
+        parser = self._parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            head.version = b"1.1"
+        elif version == "1.0":
+            head.version = b"1.0"
+            if head.chunked:
+                raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        else:
+            raise ProtocolError(505, "HTTP version not supported")
+        head.method = parser.get_method()
+        if head.method == b"CONNECT":
+            raise ProtocolError(405, "CONNECT is not supported")
+        url = self._url
+        if not url.startswith(b"/") and not (url == b"*" and head.method == b"OPTIONS"):
+            raise ProtocolError(400, "only origin-form request targets are accepted")
+        head.target = url
+        host = head.host
+        if host is None:
+            raise ProtocolError(400, "missing Host header")
+        if not _HOST.match(host):
+            raise ProtocolError(400, "invalid Host header")
+        head.keep_alive = parser.should_keep_alive()
+        tokens = head.connection_tokens
+        if tokens:
+            _drop_connection_listed(head, tokens)
+        if head.upgrade is not None and not (tokens and b"upgrade" in tokens):
+            head.upgrade = None  # Upgrade without Connection: upgrade is not an upgrade
+        self._sink.request_head(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._sink.request_body(body)
+
+    def on_message_complete(self) -> None:
+        self._sink.request_end()
+
+
+def _drop_connection_listed(head: RequestHead | ResponseHead, tokens: list[bytes]) -> None:
+    """Remove headers named in Connection (RFC 9110 7.6.1), besides the standard hop-by-hop."""
+    extra = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
+    if not extra:
+        return
+    keep = [i for i, n in enumerate(head.names) if n not in extra]
+    head.lines = [head.lines[i] for i in keep]
+    head.names = [head.names[i] for i in keep]
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.replace("\r", " ").replace("\n", " ")[:120]
+
+
+# -- responses from upstreams -------------------------------------------------------------
+class ResponseHead:
+    """One parsed upstream response head."""
+
+    __slots__ = ("chunked", "connection_tokens", "content_length", "keep_alive", "lines", "names", "reason", "status",
+                 "upgrade")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.lines: list[bytes] = []
+        self.names: list[bytes] = []
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.connection_tokens: list[bytes] | None = None
+        self.upgrade: bytes | None = None
+
+
+class ResponseSink(Protocol):
+    def response_head(self, head: ResponseHead) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_end(self) -> None: ...
+
+
+class _HeadOnly(Exception):
+    """Stops httptools after the head of a response that has no body (HEAD requests)."""
+
+
+class ResponseReader:
+    """Parses upstream responses; the caller says when a response has no body (HEAD)."""
+
+    __slots__ = ("_head", "_head_size", "_max_head", "_parser", "_sink", "clean", "expect_no_body")
+
+    def __init__(self, sink: ResponseSink, max_header_size: int = 64 * 1024) -> None:
+        self._sink = sink
+        self._max_head = max_header_size
+        self._parser = httptools.HttpResponseParser(self)
+        self._head: ResponseHead | None = None
+        self._head_size = 0
+        self.expect_no_body = False  # set for HEAD requests: llhttp cannot be told otherwise
+        self.clean = True  # False once the byte stream can no longer be trusted for reuse
+
+    def feed(self, data: bytes) -> int:
+        """Parse ``data``; return -1, or the offset of tunnel bytes after a 101 head.
+
+        Raises ProtocolError(502, ...) for a malformed response.
+        """
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            return int(exc.args[0])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, _HeadOnly):
+                # llhttp would read a body next; start a fresh parser for the next response.
+                self._parser = httptools.HttpResponseParser(self)
+                if not data.endswith(b"\r\n\r\n"):
+                    self.clean = False  # bytes after a bodiless head: never reuse this connection
+                self._sink.response_end()
+                return -1
+            if isinstance(cause, ProtocolError):
+                raise cause from None
+            raise
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(502, "malformed upstream response: " + _reason(exc)) from None
+        return -1
+
+    def on_message_begin(self) -> None:
+        self._head = ResponseHead()
+        self._head_size = 0
+
+    def on_status(self, reason: bytes) -> None:
+        head = self._head
+        assert head is not None
+        head.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self._head
+        assert head is not None
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._max_head:
+            raise ProtocolError(502, "upstream response head too large")
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                head.chunked = value.strip().lower().endswith(b"chunked")
+            elif lname == b"connection":
+                tokens = [t.strip().lower() for t in value.split(b",") if t.strip()]
+                head.connection_tokens = (head.connection_tokens or []) + tokens
+            elif lname == b"upgrade":
+                head.upgrade = value
+        elif lname == b"content-length":
+            head.content_length = int(value)
+        else:
+            head.lines.append(b"%s: %s\r\n" % (name, value))
+            head.names.append(lname)
+
+    def on_headers_complete(self) -> None:
+        head = self._head
+        assert head is not None
+        parser = self._parser
+        head.status = parser.get_status_code()
+        head.keep_alive = parser.should_keep_alive()
+        if head.connection_tokens:
+            _drop_connection_listed(head, head.connection_tokens)
+        self._sink.response_head(head)
+        if self.expect_no_body and head.status >= 200:
+            raise _HeadOnly()
+
+    def on_body(self, body: bytes) -> None:
+        self._sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        self._sink.response_end()

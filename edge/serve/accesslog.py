@@ -1,0 +1,112 @@
+"""The JSON access log: records queued as tuples on the hot path, formatted and written in batches.
+
+A request costs one tuple and one list append; every ``FLUSH_INTERVAL`` (or when the
+queue reaches ``FLUSH_AT``) the batch is formatted to JSON lines and written with one
+``write``. Strings are escaped only when they need it (the common case is plain
+ASCII). ``reopen()`` supports logrotate (called on SIGHUP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+
+__all__ = ["AccessLog"]
+
+FLUSH_INTERVAL = 0.2
+FLUSH_AT = 2048
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\uffff]')
+
+
+def _s(value: str) -> str:
+    if _NEEDS_ESCAPE.search(value) is None:
+        return '"' + value + '"'
+    return json.dumps(value)
+
+
+class AccessLog:
+    """Queue on the hot path; format and write off it."""
+
+    def __init__(self, path: str, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = path
+        self.queue: list[tuple] = []
+        self._fd = -1
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._open()
+
+    def _open(self) -> None:
+        if not self.enabled:
+            return
+        if self.path == "-":
+            self._fd = sys.stdout.fileno()
+        else:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+
+    def reopen(self) -> None:
+        """Close and reopen the file (after logrotate moved it)."""
+        self.flush()
+        if self._fd >= 0 and self.path != "-":
+            os.close(self._fd)
+        self._fd = -1
+        self._open()
+
+    def configure(self, path: str, enabled: bool) -> None:
+        if path != self.path or enabled != self.enabled:
+            self.flush()
+            if self._fd >= 0 and self.path != "-":
+                os.close(self._fd)
+            self._fd = -1
+            self.path, self.enabled = path, enabled
+            self._open()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def log(self, record: tuple) -> None:
+        """record: (wall_time, client, host, method, path, status, bytes, duration, upstream, route)."""
+        queue = self.queue
+        queue.append(record)
+        if len(queue) == 1 and self._loop is not None:
+            self._handle = self._loop.call_later(FLUSH_INTERVAL, self.flush)
+        elif len(queue) >= FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        queue = self.queue
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if not queue:
+            return
+        self.queue = []
+        if self._fd < 0:
+            return
+        lines = []
+        for wall, client, host, method, path, status, size, duration, upstream, route in queue:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall * 1000) % 1000:03d}Z"
+            lines.append(
+                f'{{"time":"{stamp}","client":{_s(client)},"host":{_s(host)},"method":{_s(method)},'
+                f'"path":{_s(path)},"status":{status},"bytes":{size},"duration":{duration:.6f},'
+                f'"upstream":{_s(upstream) if upstream else "null"},"route":{_s(route) if route else "null"}}}\n'
+            )
+        data = "".join(lines).encode("utf-8", "replace")
+        try:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except BlockingIOError:
+            pass  # a full pipe on stdout: drop the rest rather than block the loop
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd >= 0 and self.path != "-":
+            os.close(self._fd)
+        self._fd = -1

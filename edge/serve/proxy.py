@@ -1,0 +1,898 @@
+"""The HTTP/1.1 data path: one protocol object per client connection and per upstream connection.
+
+Callbacks all the way (no task or future per request): bytes from the client go
+through ``RequestReader`` into ``request_head/body/end``; the head is routed, an
+upstream connection is leased from the pool, and the head and body are written
+to it. The upstream's bytes go through ``ResponseReader`` into
+``response_head/body/end`` here, which write to the client. Writes produced while
+handling one read are coalesced into one ``writelines``. Backpressure: a full write
+buffer on one side pauses reading on the other.
+
+Pipelined requests queue behind the active one and are answered in order. Upgrade
+requests (WebSocket) become a byte tunnel after the upstream's 101. Every wait has a
+deadline that the server's sweeper checks (``deadline``/``on_timeout``), so a
+request costs no timer handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from edge.http.forwarding import forwarding_lines
+from edge.http.h1 import ProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
+from edge.route import normalize_host
+
+if TYPE_CHECKING:
+    from edge.balance import UpstreamState
+    from edge.serve.pool import UpstreamPool
+    from edge.serve.runtime import RouteRuntime, Runtime
+    from edge.serve.server import Server
+
+__all__ = ["ClientConnection", "UpstreamConnection", "error_response"]
+
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    417: "Expectation Failed",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RETAIN_LIMIT = 64 * 1024  # request bodies up to this are kept for the one retry on a stale connection
+_PRE_BUFFER_LIMIT = 256 * 1024  # body buffered while the upstream connects; beyond it, stop reading
+_PIPELINE_LIMIT = 16  # queued pipelined requests before we stop reading the client
+
+# deadline kinds
+_NONE, _HEAD, _IDLE, _UPSTREAM, _POOL, _BODY, _STREAM = range(7)
+_INF = float("inf")
+_clock = time.perf_counter  # durations: uvloop's loop.time() has millisecond resolution
+# read-pause reasons (bit mask)
+_BY_UPSTREAM, _BY_BUFFER = 1, 2
+
+
+def error_response(status: int, detail: str, close: bool, extra: bytes = b"") -> bytes:
+    """A short plain-text response the proxy makes itself."""
+    reason = _REASONS.get(status, "Error")
+    body = f"{status} {reason}: {detail}\n".encode("utf-8", "replace")
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s%s\r\n%s"
+        % (status, reason.encode(), len(body), extra, b"Connection: close\r\n" if close else b"", body)
+    )
+
+
+def head_ok(head: RequestHead | None) -> bool:
+    """After a response to an upgrade request the upstream connection is never reused."""
+    return head is not None and head.upgrade is None
+
+
+class _Pending:
+    """A pipelined request waiting for the ones before it to be answered."""
+
+    __slots__ = ("body", "done", "head", "size")
+
+    def __init__(self, head: RequestHead) -> None:
+        self.head = head
+        self.body: list[bytes] = []
+        self.done = False
+        self.size = 0
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_attempts",
+        "_body_pending",
+        "_bytes",
+        "_close_after",
+        "_closed",
+        "_head",
+        "_out",
+        "_paused",
+        "_pending",
+        "_pool",
+        "_pre",
+        "_pre_size",
+        "_req_done",
+        "_resp_chunked",
+        "_resp_delimited",
+        "_resp_no_body",
+        "_resp_started",
+        "_retained",
+        "_retained_size",
+        "_route",
+        "_rt",
+        "_status",
+        "_t0",
+        "_tried",
+        "_tunnel",
+        "_up",
+        "_upstream_label",
+        "_ustate",
+        "_write_paused",
+        "deadline",
+        "deadline_kind",
+        "listener",
+        "peer",
+        "proto",
+        "reader",
+        "server",
+        "transport",
+        "trusted",
+    )
+
+    def __init__(self, server: Server, listener: str, proto: bytes) -> None:
+        self.server = server
+        self.listener = listener
+        self.proto = proto
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.peer = ""
+        self.trusted = False
+        self.reader = RequestReader(self, server.runtime.limits.max_header_size)
+        self.deadline = _INF
+        self.deadline_kind = _NONE
+        self._closed = False
+        self._close_after = False
+        self._paused = 0
+        self._write_paused = False
+        self._tunnel: UpstreamConnection | None = None
+        self._pending: deque[_Pending] = deque()
+        self._body_pending: _Pending | None = None
+        self._out: list[bytes] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the active request (after its response, or before the first)."""
+        self._head: RequestHead | None = None
+        self._rt: Runtime | None = None
+        self._route: RouteRuntime | None = None
+        self._ustate: UpstreamState | None = None
+        self._pool: UpstreamPool | None = None
+        self._up: UpstreamConnection | None = None
+        self._req_done = False
+        self._pre: list[bytes] | None = None
+        self._pre_size = 0
+        self._retained: list[bytes] | None = None
+        self._retained_size = 0
+        self._status = 0
+        self._resp_started = False
+        self._resp_chunked = False
+        self._resp_delimited = False
+        self._resp_no_body = False
+        self._bytes = 0
+        self._attempts = 0
+        self._tried: list[UpstreamState] | None = None
+        self._upstream_label: str | None = None
+        self._t0 = 0.0
+
+    # -- transport events ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else "unix"
+        server = self.server
+        self.trusted = self.peer in server.runtime.trusted
+        server.connection_opened(self)
+        self.deadline = server.loop.time() + server.runtime.limits.header_timeout
+        self.deadline_kind = _HEAD
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.transport.write(data)
+            return
+        if self._closed:
+            return
+        if self.deadline_kind == _IDLE:
+            self.deadline = self.server.loop.time() + self.server.runtime.limits.header_timeout
+            self.deadline_kind = _HEAD
+        head = self._head
+        if head is not None and head.upgrade is not None and self._req_done:
+            self._send_upstream_raw(data)  # bytes after an upgrade request, before the 101
+            return
+        try:
+            offset = self.reader.feed(data)
+        except ProtocolError as exc:
+            self._reject(exc.status, exc.reason)
+            return
+        if offset >= 0 and offset < len(data):
+            self._send_upstream_raw(data[offset:])
+        if self._out:
+            self.flush()
+
+    def eof_received(self) -> bool:
+        # A client half-close while we answer: let the answer finish, then close.
+        if self._head is not None and self._tunnel is None:
+            self._close_after = True
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.server.connection_closed(self)
+        tunnel = self._tunnel
+        if tunnel is not None:
+            self._tunnel = None
+            tunnel.client = None
+            tunnel.close()
+        up = self._up
+        if up is not None:
+            # The client left mid-exchange: the upstream connection's state is unknown.
+            self._up = None
+            up.client = None
+            up.close()
+        if self._pool is not None:
+            self._pool.cancel_wait(self)
+        if self._head is not None and self._ustate is not None and not self._resp_started:
+            self._ustate.inflight -= 1
+            self._ustate = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        up = self._tunnel or self._up
+        if up is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        up = self._tunnel or self._up
+        if up is not None:
+            up.transport.resume_reading()
+        if self.deadline_kind == _STREAM:
+            self.deadline = self.server.loop.time() + self._route.service.policy.timeouts.idle  # type: ignore[union-attr]
+
+    def pause_reading(self, reason: int) -> None:
+        if not self._paused and not self._closed:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and not self._closed:
+                self.transport.resume_reading()
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = []
+            if not self._closed:
+                self.transport.writelines(out)
+
+    # -- request side (RequestReader sink) ----------------------------------------------
+    def request_head(self, head: RequestHead) -> None:
+        if self._head is not None or self._pending:
+            pending = _Pending(head)
+            self._pending.append(pending)
+            self._body_pending = pending
+            if len(self._pending) >= _PIPELINE_LIMIT:
+                self.pause_reading(_BY_BUFFER)
+            return
+        self._body_pending = None
+        self._start(head)
+
+    def request_body(self, data: bytes) -> None:
+        pending = self._body_pending
+        if pending is not None:
+            pending.body.append(data)
+            pending.size += len(data)
+            if pending.size > _PRE_BUFFER_LIMIT:
+                self.pause_reading(_BY_BUFFER)
+            return
+        head = self._head
+        if head is None:  # the request was already answered (an error): drop the rest
+            return
+        self._bytes_in(len(data))
+        if self._closed:
+            return
+        if head.chunked:
+            self._send_body(b"%x\r\n" % len(data))
+            self._send_body(data)
+            self._send_body(b"\r\n")
+        else:
+            self._send_body(data)
+
+    def request_end(self) -> None:
+        pending = self._body_pending
+        if pending is not None:
+            pending.done = True
+            self._body_pending = None
+            return
+        head = self._head
+        if head is None:
+            return
+        self._req_done = True
+        if head.chunked:
+            self._send_body(b"0\r\n\r\n")
+        if self.deadline_kind == _BODY:
+            self._wait_upstream()
+
+    def _bytes_in(self, size: int) -> None:
+        """Count a request body chunk against limits.max_body_size and refresh the body deadline."""
+        self._retained_size += size
+        limit = self.server.runtime.limits.max_body_size
+        if limit is not None and self._retained_size > limit:
+            self._fail(413, "request body too large", close=True)
+            return
+        if self.deadline_kind == _BODY:
+            self.deadline = self.server.loop.time() + self.server.runtime.limits.idle_timeout
+
+    def _send_body(self, data: bytes) -> None:
+        retained = self._retained
+        if retained is not None:
+            if self._retained_size <= _RETAIN_LIMIT:
+                retained.append(data)
+            else:
+                self._retained = None
+        up = self._up
+        if up is not None:
+            up.transport.write(data)
+            return
+        pre = self._pre
+        if pre is None:
+            pre = self._pre = []
+        pre.append(data)
+        self._pre_size += len(data)
+        if self._pre_size > _PRE_BUFFER_LIMIT:
+            self.pause_reading(_BY_BUFFER)
+
+    def _send_upstream_raw(self, data: bytes) -> None:
+        up = self._up
+        if up is not None:
+            up.transport.write(data)
+        else:
+            if self._pre is None:
+                self._pre = []
+            self._pre.append(data)
+
+    # -- starting a request ---------------------------------------------------------------
+    def _start(self, head: RequestHead) -> None:
+        server = self.server
+        rt = server.runtime
+        self._head = head
+        self._rt = rt
+        self._t0 = _clock()
+        self._retained_size = 0
+        if not head.keep_alive or server.draining:
+            self._close_after = True
+        router = rt.routers.get(self.listener)
+        route = router.match(normalize_host(head.host or b""), head.path.decode("latin-1")) if router else None
+        if route is None:
+            self._local(404, "no route for this host and path")
+            return
+        self._route = route
+        limits = rt.limits
+        if limits.max_body_size is not None and head.content_length and head.content_length > limits.max_body_size:
+            self._local(413, "request body too large", close=True)
+            return
+        service = route.service
+        ustate = service.balancer.pick(None)
+        if ustate is None:
+            self._local(503, "no healthy upstream", extra=b"Retry-After: 5\r\n")
+            return
+        if head.upgrade is not None:
+            self._close_after = True  # after a refused upgrade the client's byte stream is not HTTP
+        if head.has_body():
+            if head.expect_continue:
+                self._out.append(_CONTINUE)
+            self._retained = []
+            self._body_deadline()
+        else:
+            self._req_done = True
+            self._wait_upstream()
+        self._attempts = 1
+        self._lease(ustate)
+
+    def _wait_upstream(self) -> None:
+        if self._resp_started:
+            return
+        route = self._route
+        assert route is not None
+        self.deadline = self.server.loop.time() + route.service.response_timeout
+        self.deadline_kind = _UPSTREAM
+
+    def _lease(self, ustate: UpstreamState) -> None:
+        route = self._route
+        assert route is not None
+        ustate.inflight += 1
+        self._ustate = ustate
+        self._upstream_label = ustate.label
+        pool = route.service.pools[ustate.index]
+        self._pool = pool
+        pool.acquire(self)
+
+    def _request_bytes(self) -> bytes:
+        head = self._head
+        assert head is not None and self._route is not None
+        if head.upgrade is not None:
+            framing = b"Connection: upgrade\r\nUpgrade: " + head.upgrade + b"\r\n"
+        elif head.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif head.content_length is not None:
+            framing = b"Content-Length: %d\r\n" % head.content_length
+        else:
+            framing = b""
+        return b"".join(
+            (
+                head.method,
+                b" ",
+                head.target,
+                b" HTTP/1.1\r\nHost: ",
+                head.host or b"",
+                b"\r\n",
+                *head.lines,
+                forwarding_lines(head, self.peer, self.trusted, self.proto),
+                self._route.add_request,
+                framing,
+                b"\r\n",
+            )
+        )
+
+    # -- pool callbacks -------------------------------------------------------------------
+    def wants_upstream(self, pool: UpstreamPool) -> bool:
+        return self._pool is pool and self._up is None and not self._closed and self._head is not None
+
+    def wait_for_pool(self, deadline: float) -> None:
+        if self.deadline_kind in (_UPSTREAM, _NONE, _HEAD):
+            self.deadline = deadline
+            self.deadline_kind = _POOL
+
+    def upstream_ready(self, conn: UpstreamConnection, reused: bool) -> None:
+        self._up = conn
+        conn.client = self
+        conn.reused = reused
+        conn.got_bytes = False
+        head = self._head
+        assert head is not None
+        conn.reader.expect_no_body = head.method == b"HEAD"
+        if self.deadline_kind == _POOL:
+            self._wait_upstream() if self._req_done else self._body_deadline()
+        data = self._request_bytes()
+        pre = self._pre
+        if pre:
+            self._pre = None
+            self._pre_size = 0
+            conn.transport.writelines([data, *pre])
+            self.resume_reading(_BY_BUFFER)
+        else:
+            conn.transport.write(data)
+        if self._write_paused:
+            conn.transport.pause_reading()
+        if self._out:
+            self.flush()
+
+    def _body_deadline(self) -> None:
+        self.deadline = self.server.loop.time() + self.server.runtime.limits.idle_timeout
+        self.deadline_kind = _BODY
+
+    def upstream_failed(self, status: int, reason: str, connect_failure: bool = False) -> None:
+        """The lease or the exchange failed before a response head reached the client."""
+        if connect_failure and self._retry_elsewhere():
+            return
+        self._fail(status, reason, close=not self._req_done)
+
+    def _retry_elsewhere(self) -> bool:
+        """retries: idempotent requests whose connect failed go to the next candidate."""
+        head = self._head
+        route = self._route
+        if head is None or route is None or self._resp_started or head.upgrade is not None:
+            return False
+        if head.method not in _IDEMPOTENT or self._attempts > route.service.retries:
+            return False
+        if head.has_body() and self._retained is None:
+            return False
+        failed = self._ustate
+        tried = self._tried or []
+        if failed is not None:
+            tried.append(failed)
+            failed.inflight -= 1
+            self._ustate = None
+        self._tried = tried
+        nxt = next((u for u in route.service.balancer.candidates(None) if u not in tried), None)
+        if nxt is None:
+            return False
+        self._attempts += 1
+        self._pool = None
+        self._up = None
+        self._pre = list(self._retained or ())
+        self._pre_size = sum(map(len, self._pre))
+        self._lease(nxt)
+        return True
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        """The upstream connection closed while serving us."""
+        if self._tunnel is conn:
+            self._tunnel = None
+            self._close()  # flushes what the upstream sent last
+            return
+        if self._up is not conn:
+            return
+        self._up = None
+        if self._resp_started:
+            if self._resp_delimited:
+                self.response_end()  # a close-delimited body ends with the connection
+            else:
+                self._abort()  # truncated: the client must see an error, not a short body
+            return
+        if conn.reused and not conn.got_bytes and self._attempts == 1 and (
+            not self._head or not self._head.has_body() or (self._retained is not None and self._req_done)
+        ):
+            # A keep-alive connection the upstream closed just as we reused it: retry once, fresh.
+            self._attempts += 1
+            self._pre = list(self._retained or ())
+            pool = self._pool
+            assert pool is not None
+            pool.drop_idle()  # its siblings are likely stale too (the upstream restarted)
+            pool.acquire(self)
+            return
+        self._fail(502, "upstream closed the connection", close=not self._req_done)
+
+    # -- response side (called by UpstreamConnection) -------------------------------------
+    def response_head(self, rh: ResponseHead) -> None:
+        head = self._head
+        route = self._route
+        if head is None or route is None:
+            return
+        status = rh.status
+        if status < 200:
+            if status == 101:
+                return  # the tunnel starts once the parser hands over (start_tunnel)
+            if status != 100 and head.version == b"1.1":
+                self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, rh.reason, b"".join(rh.lines)))
+            return
+        self._status = status
+        self._resp_started = True
+        ustate = self._ustate
+        if ustate is not None:
+            ustate.inflight -= 1
+            self._ustate = None
+        no_body = head.method == b"HEAD" or status == 204 or status == 304
+        self._resp_no_body = no_body
+        if no_body:
+            keep_length = rh.content_length is not None and status != 204
+            framing = b"Content-Length: %d\r\n" % rh.content_length if keep_length else b""
+        elif rh.content_length is not None:
+            framing = b"Content-Length: %d\r\n" % rh.content_length
+        elif rh.chunked and head.version == b"1.1":
+            framing = b"Transfer-Encoding: chunked\r\n"
+            self._resp_chunked = True
+        elif head.version == b"1.1" and not rh.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+            self._resp_chunked = True
+            self._resp_delimited = True
+        else:
+            framing = b""
+            self._resp_delimited = not rh.chunked
+            self._close_after = True
+        if not self._req_done:
+            self._close_after = True  # answered before the body ended: do not guess the rest
+        if self._close_after:
+            conn = b"Connection: close\r\n"
+        elif head.version == b"1.0":
+            conn = b"Connection: keep-alive\r\n"
+        else:
+            conn = b""
+        lines = b"".join(rh.lines)
+        extra = route.add_response
+        self._out.append(b"HTTP/1.1 %d %s\r\n%s%s%s%s\r\n" % (status, rh.reason, lines, framing, extra, conn))
+        self.deadline = self.server.loop.time() + route.service.policy.timeouts.idle
+        self.deadline_kind = _STREAM
+
+    def response_body(self, data: bytes) -> None:
+        if self._resp_no_body or self._head is None:
+            return
+        self._bytes += len(data)
+        if self._resp_chunked:
+            self._out.append(b"%x\r\n" % len(data))
+            self._out.append(data)
+            self._out.append(b"\r\n")
+        else:
+            self._out.append(data)
+        if len(self._out) > 64:
+            self.flush()
+
+    def response_end(self) -> None:
+        if self._head is None or not self._resp_started:
+            return  # 1xx interim responses end here too
+        if self._resp_chunked:
+            self._out.append(b"0\r\n\r\n")
+        up = self._up
+        if up is not None:
+            self._up = None
+            up.client = None
+            if self._req_done and not self._resp_delimited and head_ok(self._head) and up.keep_alive_ok():
+                assert self._pool is not None
+                self._pool.release(up)
+            else:
+                up.close()
+        self._finish()
+
+    def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """The upstream answered 101: from now on both sides are a byte pipe."""
+        head = self._head
+        route = self._route
+        if head is None or route is None or head.upgrade is None:
+            self._fail(502, "unexpected 101 from upstream", close=True)
+            return
+        rh = conn.reader_head
+        self._status = 101
+        self._resp_started = True
+        if self._ustate is not None:
+            self._ustate.inflight -= 1
+            self._ustate = None
+        upgrade = rh.upgrade if rh is not None and rh.upgrade else head.upgrade
+        lines = b"".join(rh.lines) if rh is not None else b""
+        self._out.append(
+            b"HTTP/1.1 101 Switching Protocols\r\n%sConnection: upgrade\r\nUpgrade: %s\r\n\r\n" % (lines, upgrade)
+        )
+        if rest:
+            self._out.append(rest)
+        self._up = None
+        self._tunnel = conn
+        conn.tunnel = True
+        if self._paused & _BY_UPSTREAM:
+            self.resume_reading(_BY_UPSTREAM)
+        self.deadline = _INF
+        self.deadline_kind = _NONE
+        self._log_and_count()
+        self.flush()
+
+    # -- finishing ------------------------------------------------------------------------
+    def _log_and_count(self) -> None:
+        head = self._head
+        route = self._route
+        if head is None:
+            return
+        server = self.server
+        now = _clock()
+        duration = now - self._t0
+        status = self._status
+        service = route.service.name if route is not None else ""
+        if route is not None:
+            route.metrics.observe(service, status, duration)
+        else:
+            server.unrouted.observe("", status, duration)
+        log = server.access_log
+        if log.enabled:
+            upstream = self._upstream_label
+            log.log(
+                (
+                    server.wall_offset + now,
+                    self.peer,
+                    (head.host or b"").decode("latin-1"),
+                    head.method.decode("latin-1"),
+                    head.target.decode("latin-1"),
+                    status,
+                    self._bytes,
+                    duration,
+                    upstream,
+                    route.label if route is not None else None,
+                )
+            )
+
+    def _finish(self) -> None:
+        """The response is complete: log it, then serve the next request or wait for one."""
+        self._log_and_count()
+        head = self._head
+        self._reset()
+        if self._close_after or self.server.draining or head is None:
+            self.flush()
+            self._close()
+            return
+        if self._pending:
+            nxt = self._pending.popleft()
+            if self._body_pending is nxt:
+                self._body_pending = None  # its body is still arriving: later chunks go to it directly
+            self.resume_reading(_BY_BUFFER)
+            self._start(nxt.head)
+            if self._head is nxt.head:
+                for chunk in nxt.body:
+                    self.request_body(chunk)
+                if nxt.done:
+                    self.request_end()
+            self.flush()
+            return
+        self.deadline = self.server.loop.time() + self.server.runtime.limits.idle_timeout
+        self.deadline_kind = _IDLE
+        self.flush()
+
+    def _local(self, status: int, detail: str, close: bool = False, extra: bytes = b"") -> None:
+        """Answer the active request ourselves (no upstream involved)."""
+        head = self._head
+        if head is not None and head.has_body() and not self._req_done:
+            close = True  # its body is unread: closing is the only safe way to skip it
+        if close:
+            self._close_after = True
+        self._status = status
+        self._resp_started = True
+        self._out.append(error_response(status, detail, self._close_after, extra))
+        self._finish()
+
+    def _fail(self, status: int, detail: str, close: bool = False) -> None:
+        """An exchange failed: answer with ``status`` if nothing was sent yet, else cut the connection."""
+        up = self._up
+        if up is not None:
+            self._up = None
+            up.client = None
+            up.close()
+        if self._pool is not None:
+            self._pool.cancel_wait(self)
+        ustate = self._ustate
+        if ustate is not None:
+            ustate.inflight -= 1
+            self._ustate = None
+        if self._resp_started:
+            self._abort()
+            return
+        extra = b"Retry-After: 5\r\n" if status == 503 else b""
+        self._local(status, detail, close=close, extra=extra)
+
+    def _reject(self, status: int, reason: str) -> None:
+        """Malformed input: answer and close; the request never reaches an upstream."""
+        self.server.metrics.bad_requests += 1
+        if self._head is not None and self._resp_started:
+            self._abort()
+            return
+        if self._head is not None and self._up is not None:
+            up = self._up
+            self._up = None
+            up.client = None
+            up.close()
+        if self._ustate is not None:
+            self._ustate.inflight -= 1
+            self._ustate = None
+        self._pending.clear()
+        self._body_pending = None
+        self._out.append(error_response(status, reason, True))
+        self.flush()
+        self._closed = True
+        self.transport.close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self.flush()
+        self._closed = True
+        self.transport.abort()
+
+    # -- deadlines (the server's sweeper calls this) --------------------------------------
+    def on_timeout(self, now: float) -> None:
+        kind = self.deadline_kind
+        self.deadline = _INF
+        self.deadline_kind = _NONE
+        if kind == _IDLE:
+            self._close()
+        elif kind == _HEAD:
+            if self.reader.in_head:
+                self._reject(408, "request head not received in time")
+            else:
+                self._close()
+        elif kind == _UPSTREAM:
+            self._fail(504, "upstream did not answer in time", close=True)
+        elif kind == _POOL:
+            self._fail(503, "upstream connection limit reached", close=not self._req_done)
+        elif kind == _BODY:
+            self._fail(408, "request body stalled", close=True)
+        elif kind == _STREAM:
+            self._abort()
+
+    def drain(self) -> None:
+        """Shutdown: close now if idle, else after the current response."""
+        self._close_after = True
+        if self._head is None and self._tunnel is None:
+            self._close()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream, leased to one client at a time."""
+
+    __slots__ = (
+        "_keep_alive",
+        "client",
+        "closed",
+        "got_bytes",
+        "idle_since",
+        "pool",
+        "reader",
+        "reader_head",
+        "reused",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.client: ClientConnection | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.reader = ResponseReader(self)
+        self.reader_head: ResponseHead | None = None
+        self.closed = False
+        self.got_bytes = False
+        self.reused = False
+        self.tunnel = False
+        self.idle_since = 0.0
+        self._keep_alive = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            self.close()  # bytes on an idle connection: it is not in a state we can reuse
+            return
+        if self.tunnel:
+            client.transport.write(data)
+            return
+        self.got_bytes = True
+        try:
+            offset = self.reader.feed(data)
+        except ProtocolError as exc:
+            client.upstream_failed(exc.status, exc.reason)
+            client.flush()
+            return
+        if offset >= 0:
+            client.start_tunnel(self, data[offset:])
+            return
+        client.flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        client = self.client
+        if client is not None:
+            self.client = None
+            client.upstream_lost(self)
+            client.flush()
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading(_BY_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_reading(_BY_UPSTREAM)
+
+    # ResponseReader sink: forward to the client that leases us
+    def response_head(self, head: ResponseHead) -> None:
+        self.reader_head = head
+        self._keep_alive = head.keep_alive
+        if self.client is not None:
+            self.client.response_head(head)
+
+    def response_body(self, data: bytes) -> None:
+        if self.client is not None:
+            self.client.response_body(data)
+
+    def response_end(self) -> None:
+        if self.reader_head is not None and self.reader_head.status == 101:
+            return
+        if self.client is not None:
+            self.client.response_end()
+
+    def keep_alive_ok(self) -> bool:
+        return self._keep_alive and self.reader.clean and not self.closed and not self.transport.is_closing()
+
+    def usable(self) -> bool:
+        return not self.closed and not self.transport.is_closing()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()

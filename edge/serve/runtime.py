@@ -1,0 +1,111 @@
+"""A policy compiled for serving: routers per listener, services with balancers and pools.
+
+``compile_runtime`` is called at start and on every SIGHUP, off the hot path; the
+server then swaps one reference. A service whose definition did not change keeps
+its ServiceRuntime (pools, upstream health, in-flight counts) across the reload;
+route counters live in the ``Metrics`` registry keyed by the route's label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from edge.balance import Balancer, UpstreamState, make_balancer
+from edge.http.forwarding import TrustedProxies
+from edge.policy.model import Policy, Route, Service
+from edge.route import Router
+from edge.serve.metrics import Metrics, RouteMetrics
+from edge.serve.pool import UpstreamPool
+
+__all__ = ["RouteRuntime", "Runtime", "ServiceRuntime", "compile_runtime"]
+
+
+class ServiceRuntime:
+    __slots__ = ("balancer", "name", "policy", "pools", "response_timeout", "retries", "upstreams")
+
+    def __init__(self, name: str, policy: Service, loop: asyncio.AbstractEventLoop, factory: Callable) -> None:
+        self.name = name
+        self.policy = policy
+        self.upstreams = [UpstreamState(i, u) for i, u in enumerate(policy.upstreams)]
+        self.balancer: Balancer = make_balancer(policy, self.upstreams)
+        timeouts = policy.timeouts
+        self.pools = [
+            UpstreamPool(loop, state, policy.max_connections, timeouts.connect, timeouts.idle, factory)
+            for state in self.upstreams
+        ]
+        self.response_timeout = timeouts.response_header
+        self.retries = policy.retries
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()
+
+
+class RouteRuntime:
+    __slots__ = ("add_request", "add_response", "label", "metrics", "policy", "service")
+
+    def __init__(self, label: str, policy: Route, service: ServiceRuntime, metrics: RouteMetrics) -> None:
+        self.label = label
+        self.policy = policy
+        self.service = service
+        self.metrics = metrics
+        headers = policy.headers
+        self.add_response = b"".join(
+            f"{k}: {v}\r\n".encode("latin-1") for k, v in (headers.add_response.items() if headers else ())
+        )
+        self.add_request = b"".join(
+            f"{k}: {v}\r\n".encode("latin-1") for k, v in (headers.add_request.items() if headers else ())
+        )
+
+
+class Runtime:
+    """Everything a request needs from the policy, immutable once built."""
+
+    __slots__ = ("limits", "policy", "routers", "routes", "services", "trusted")
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.limits = policy.limits
+        self.trusted = TrustedProxies(policy.trusted_proxies)
+        self.services: dict[str, ServiceRuntime] = {}
+        self.routes: list[RouteRuntime] = []
+        self.routers: dict[str, Router[RouteRuntime]] = {}
+
+
+def route_label(index: int, route: Route) -> str:
+    return route.name if route.name is not None else str(index)
+
+
+def compile_runtime(
+    policy: Policy,
+    loop: asyncio.AbstractEventLoop,
+    metrics: Metrics,
+    factory: Callable,
+    previous: Runtime | None = None,
+) -> Runtime:
+    runtime = Runtime(policy)
+    old = previous.services if previous is not None else {}
+    for name, service in policy.services.items():
+        kept = old.get(name)
+        if kept is not None and kept.policy == service:
+            runtime.services[name] = kept
+        else:
+            runtime.services[name] = ServiceRuntime(name, service, loop, factory)
+    for index, route in enumerate(policy.routes):
+        label = route_label(index, route)
+        runtime.routes.append(RouteRuntime(label, route, runtime.services[route.service], metrics.route(label)))
+    for listener in policy.listeners:
+        entries = [
+            (rr.policy.host, rr.policy.path_prefix, rr)
+            for rr in runtime.routes
+            if rr.policy.listeners is None or listener in rr.policy.listeners
+        ]
+        runtime.routers[listener] = Router(entries)
+    return runtime
+
+
+def retired_services(old: Runtime, new: Runtime) -> list[ServiceRuntime]:
+    """Services of ``old`` that ``new`` does not keep (their pools close once drained)."""
+    kept = {id(s) for s in new.services.values()}
+    return [s for s in old.services.values() if id(s) not in kept]

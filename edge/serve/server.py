@@ -1,0 +1,213 @@
+"""The serving shell: listeners, the deadline sweeper, reload on SIGHUP, drain on SIGTERM.
+
+Owns every socket the proxy listens on and the set of client connections. The
+policy lives in one ``Runtime`` reference: a reload compiles the new policy off
+the hot path and swaps it; requests in flight keep the runtime they started with.
+Listeners whose (name, address) stay keep their sockets, new ones open, removed
+ones stop accepting while their connections finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+
+from edge.policy import Policy, PolicyErrors, load_policy
+from edge.serve.accesslog import AccessLog
+from edge.serve.metrics import Metrics, RouteMetrics
+from edge.serve.proxy import ClientConnection, UpstreamConnection
+from edge.serve.runtime import Runtime, compile_runtime, retired_services
+
+__all__ = ["Server"]
+
+log = logging.getLogger("edge.serve")
+
+DRAIN_TIMEOUT = 15.0  # seconds in-flight requests get on SIGTERM before the rest are cut
+
+
+class Server:
+    def __init__(self, policy: Policy, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.policy = policy
+        self.metrics = Metrics()
+        self.unrouted: RouteMetrics = self.metrics.route("")
+        self.access_log = AccessLog(policy.access_log.path, policy.access_log.enabled)
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.wall_offset = time.time() - time.perf_counter()  # access-log wall clock from perf_counter
+        self.runtime: Runtime = compile_runtime(policy, loop, self.metrics, UpstreamConnection)
+        self._listeners: dict[tuple[str, str], asyncio.AbstractServer] = {}
+        self._sweeper: asyncio.Task | None = None
+        self._admin = None
+        self._stopped = asyncio.Event()
+        self.metrics.collectors.append(self._upstream_metrics)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.access_log.start(self.loop)
+        await self._sync_listeners(self.policy)
+        if self.policy.admin is not None:
+            from edge.serve.admin import AdminServer
+
+            self._admin = AdminServer(self)
+            await self._admin.start(self.policy.admin)
+        self._sweeper = self.loop.create_task(self._sweep())
+        for sig, handler in ((signal.SIGHUP, self.request_reload), (signal.SIGTERM, self.request_stop),
+                             (signal.SIGINT, self.request_stop)):
+            try:
+                self.loop.add_signal_handler(sig, handler)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests): reload/stop are called directly
+
+    async def serve_until_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        if not self.draining:
+            self.loop.create_task(self.stop())
+
+    def request_reload(self) -> None:
+        self.loop.create_task(self.reload())
+
+    async def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), close everything."""
+        if self.draining:
+            await self._stopped.wait()
+            return
+        self.draining = True
+        log.info("draining %d connections", len(self.connections))
+        for server in self._listeners.values():
+            server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.transport.abort()
+        for service in self.runtime.services.values():
+            service.close()
+        if self._admin is not None:
+            await self._admin.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.access_log.close()
+        self._stopped.set()
+
+    # -- reload ---------------------------------------------------------------------------
+    async def reload(self, path: str | None = None) -> bool:
+        """Load the policy file again; keep the running policy if it is broken."""
+        path = path or self.policy.source
+        try:
+            policy = load_policy(path)
+            new = compile_runtime(policy, self.loop, self.metrics, UpstreamConnection, previous=self.runtime)
+            await self._sync_listeners(policy)
+        except PolicyErrors as exc:
+            self.metrics.reloads["error"] += 1
+            for error in exc.errors:
+                log.error("reload rejected, keeping the running policy: %s", error)
+            return False
+        except OSError as exc:
+            self.metrics.reloads["error"] += 1
+            log.error("reload rejected, keeping the running policy: %s", exc)
+            return False
+        old = self.runtime
+        self.runtime = new
+        self.policy = policy
+        self.access_log.configure(policy.access_log.path, policy.access_log.enabled)
+        self.access_log.reopen()
+        for service in retired_services(old, new):
+            service.close()
+        self.metrics.reloads["ok"] += 1
+        log.info("policy reloaded from %s", path)
+        return True
+
+    async def _sync_listeners(self, policy: Policy) -> None:
+        """Open missing listener sockets, close removed ones; all or nothing for new ones."""
+        wanted: dict[tuple[str, str], tuple[str, int, bytes]] = {}
+        for name, listener in policy.listeners.items():
+            proto = b"https" if listener.tls is not None else b"http"
+            for address in listener.listen:
+                wanted[(name, str(address))] = (address.host, address.port, proto)
+        opened: dict[tuple[str, str], asyncio.AbstractServer] = {}
+        try:
+            for key, (host, port, proto) in wanted.items():
+                if key in self._listeners:
+                    continue
+                opened[key] = await self._open_listener(key[0], host, port, proto)
+        except OSError:
+            for server in opened.values():
+                server.close()
+            raise
+        self._listeners.update(opened)
+        for key in [k for k in self._listeners if k not in wanted]:
+            self._listeners.pop(key).close()
+
+    async def _open_listener(self, name: str, host: str, port: int, proto: bytes) -> asyncio.AbstractServer:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"cannot listen on {host}:{port} for listener {name!r}: {exc.strerror}") from None
+        sock.listen(1024)
+        sock.setblocking(False)
+        return await self.loop.create_server(lambda: ClientConnection(self, name, proto), sock=sock)
+
+    def listening_ports(self, name: str) -> list[int]:
+        """The bound ports of a listener (tests listen on port 0... never: they pick free ports)."""
+        out = []
+        for (listener, _), server in self._listeners.items():
+            if listener == name:
+                out.extend(s.getsockname()[1] for s in server.sockets)
+        return out
+
+    # -- connections and deadlines ----------------------------------------------------------
+    def connection_opened(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+        self.metrics.connections_active += 1
+        self.metrics.connections_total += 1
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.metrics.connections_active -= 1
+
+    def _sweep_interval(self) -> float:
+        limits = self.runtime.limits
+        shortest = min(limits.header_timeout, limits.idle_timeout)
+        for service in self.runtime.services.values():
+            timeouts = service.policy.timeouts
+            shortest = min(shortest, timeouts.connect, timeouts.response_header)
+        return max(0.02, min(0.5, shortest / 5))
+
+    async def _sweep(self) -> None:
+        """Check every connection's deadline a few times a second (no timer per request)."""
+        loop = self.loop
+        while True:
+            await asyncio.sleep(self._sweep_interval())
+            now = loop.time()
+            self.wall_offset = time.time() - time.perf_counter()
+            for conn in [c for c in self.connections if c.deadline <= now]:
+                try:
+                    conn.on_timeout(now)
+                except Exception:  # pragma: no cover - a bug must not stop the sweeper
+                    log.exception("timeout handling failed")
+            for service in self.runtime.services.values():
+                for pool in service.pools:
+                    if pool.idle:
+                        pool.expire(now)
+
+    def _upstream_metrics(self):
+        up = []
+        for name, service in self.runtime.services.items():
+            for state in service.upstreams:
+                up.append(({"service": name, "upstream": state.label}, 1.0 if state.healthy else 0.0))
+        yield ("edge_upstream_up", "gauge", "1 if the upstream takes traffic, 0 if it is out.", up)
