@@ -159,7 +159,5 @@ def s_client(port: int, *args: str, servername: str | None = None) -> Result:
     """Run ``openssl s_client`` against 127.0.0.1:port until the server closes; stdout+stderr."""
     command = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-ign_eof"]
     command += ["-servername", servername] if servername else ["-noservername"]
-    proc = subprocess.run(
-        [*command, *args], input=b"", capture_output=True, timeout=OPENSSL_TIMEOUT, check=False
-    )
+    proc = subprocess.run([*command, *args], input=b"", capture_output=True, timeout=OPENSSL_TIMEOUT, check=False)
     return Result(proc.returncode, proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace"))
