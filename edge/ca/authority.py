@@ -406,6 +406,7 @@ def ensure_leaf(
     key_path: str | os.PathLike[str],
     *,
     days: int = DEFAULT_LEAF_DAYS,
+    now: dt.datetime | None = None,
 ) -> Leaf:
     """Make ``cert_path``/``key_path`` a current leaf for ``names`` by the CA in ``ca_dir``.
 
@@ -416,7 +417,7 @@ def ensure_leaf(
     ca = ensure_ca(ca_dir)
     cert_file, key_file = Path(cert_path), Path(key_path)
     with locked(ca.directory):
-        if leaf_is_current(ca, names, cert_file, key_file):
+        if leaf_is_current(ca, names, cert_file, key_file, now=now):
             cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
             return Leaf(cert_file, key_file, cert_names(cert), cert.not_valid_after_utc)
         return issue_leaf(ca, names, cert_path=cert_file, key_path=key_file, days=days)
