@@ -18,7 +18,7 @@ __all__ = ["P2C"]
 
 
 class P2C(Balancer):
-    """Two distinct random healthy upstreams; the less loaded wins (the first on a tie)."""
+    """Two distinct random healthy upstreams; the less loaded wins (a tie by weighted coin)."""
 
     __slots__ = ("_random",)
 
@@ -47,9 +47,14 @@ class P2C(Balancer):
         a = upstreams[i]
         b = upstreams[j]
         if a.healthy:
-            if b.healthy and b.inflight * a.weight < a.inflight * b.weight:
-                return b
-            return a
+            if not b.healthy:
+                return a
+            load_a = a.inflight * b.weight
+            load_b = b.inflight * a.weight
+            if load_a == load_b and a.weight != b.weight:
+                # A tie (typically both idle): lean on weight, so weights count at low traffic too.
+                return a if draw() * (a.weight + b.weight) < a.weight else b
+            return b if load_b < load_a else a
         if b.healthy:
             return b
         return self._least_loaded()

@@ -80,6 +80,20 @@ def test_least_conn_is_weight_aware() -> None:
     assert states[0].inflight == 300 and states[1].inflight == 100
 
 
+def test_least_conn_ties_follow_weights_at_low_traffic() -> None:
+    """Each request done before the next (all idle): weights 3:1 still give 3:1, like nginx."""
+    states = upstreams(3, 1)
+    balancer = LeastConn(states)
+    counts = Counter(balancer.pick().index for _ in range(800))
+    assert counts == {0: 600, 1: 200}
+
+
+def test_least_conn_prefers_an_idle_light_upstream_over_a_busy_heavy_one() -> None:
+    states = upstreams(5, 1)
+    states[0].inflight = 1
+    assert LeastConn(states).pick() is states[1]
+
+
 def test_least_conn_balances_uneven_service_times() -> None:
     """A slow upstream (requests finish rarely) gets fewer new requests than a fast one."""
     states = upstreams(1, 1)
@@ -140,6 +154,13 @@ def test_p2c_finds_the_one_healthy_upstream() -> None:
         s.healthy = False
     balancer = P2C(states, rng=random.Random(2))
     assert all(balancer.pick() is states[3] for _ in range(200))
+
+
+def test_p2c_weights_count_when_idle() -> None:
+    states = upstreams(3, 1)
+    balancer = P2C(states, rng=random.Random(9))
+    counts = Counter(balancer.pick().index for _ in range(800))
+    assert 0.70 <= counts[0] / 800 <= 0.80
 
 
 def test_p2c_is_deterministic_with_a_seeded_source() -> None:
