@@ -315,7 +315,9 @@ def _execute(change, desired, live, devices, state, records, say, links, address
         elements = nft.blocklist_elements(live.table_json)
         nft.run_batch(render.render_batch(desired.ruleset, elements))
         records.append({"op": "nft_restore", "listing": live.table_json})
-        say(f"table inet edge: {'replaced' if live.table_json is not None else 'created'} in one transaction"
-            + (f" ({len(elements)} block-list entries kept)" if elements else ""))
+        say(
+            f"table inet edge: {'replaced' if live.table_json is not None else 'created'} in one transaction"
+            + (f" ({len(elements)} block-list entries kept)" if elements else "")
+        )
     else:  # pragma: no cover - make_plan only makes the changes above
         raise ApplyError(f"cannot execute {change}")

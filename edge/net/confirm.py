@@ -41,9 +41,7 @@ def apply_recorded(
     with state.locked():
         pending = state.read("pending.json")
         if pending is not None and _alive(pending.get("pid")):
-            raise PendingError(
-                "an apply is waiting for `edge net confirm` (or `edge net rollback`); settle it first"
-            )
+            raise PendingError("an apply is waiting for `edge net confirm` (or `edge net rollback`); settle it first")
         managed_before = state.read("applied.json")
         result = apply_mod.apply(desired, state, log)
         token = uuid.uuid4().hex

@@ -80,9 +80,7 @@ def ruleset_diff(desired_text: str, live_text: str | None) -> tuple[str, ...]:
     if want == have:
         return ()
     return tuple(
-        difflib.unified_diff(
-            have.splitlines(keepends=True), want.splitlines(keepends=True), "live", "policy", n=1
-        )
+        difflib.unified_diff(have.splitlines(keepends=True), want.splitlines(keepends=True), "live", "policy", n=1)
     )
 
 
@@ -167,8 +165,11 @@ def _wireguard_changes(name: str, want: DeviceConfig, live: LiveNet) -> list[Cha
     for key in sorted(want_peers.keys() & have_peers.keys()):
         a, b = want_peers[key], have_peers[key]
         endpoint_differs = a.endpoint is not None and a.endpoint != b.endpoint
-        if a.allowed_ips != b.allowed_ips or a.keepalive != b.keepalive or a.preshared_key != b.preshared_key or (
-            endpoint_differs
+        if (
+            a.allowed_ips != b.allowed_ips
+            or a.keepalive != b.keepalive
+            or a.preshared_key != b.preshared_key
+            or (endpoint_differs)
         ):
             reasons.append(f"update peer {key[:8]}...")
     if not reasons:

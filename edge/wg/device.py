@@ -171,9 +171,7 @@ def start_userspace(name: str, state_dir: str, wait: float = 5.0) -> int:
             close_fds=True,
         )
     except FileNotFoundError:
-        raise WireGuardError(
-            f"{name}: the kernel has no WireGuard module and wireguard-go is not installed"
-        ) from None
+        raise WireGuardError(f"{name}: the kernel has no WireGuard module and wireguard-go is not installed") from None
     finally:
         log.close()
     with open(os.path.join(state_dir, f"wireguard-go.{name}.pid"), "w") as handle:
