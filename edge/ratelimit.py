@@ -199,7 +199,7 @@ class RateLimiter:
             age = now - offender.start
         offender.count += 1
         # Sliding-window estimate: the previous window weighted by how much of it still overlaps.
-        estimate = offender.count + offender.previous * (1.0 - age / within)
+        estimate = offender.count + (offender.previous * (1.0 - age / within) if within > 0 else 0.0)
         if estimate > self._ban_after:
             offender.banned_until = now + self._ban_for
             offender.count = offender.previous = 0
@@ -313,10 +313,19 @@ class RateLimiter:
 
 
 def _sf_string(value: str) -> str:
-    """Escape for a Structured Fields String (RFC 8941 3.3.3): backslash and quote."""
-    if "\\" in value or '"' in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"')
-    return value
+    """Escape for a Structured Fields String (RFC 9651 3.3.3): printable ASCII only,
+    backslash and quote escaped; anything else becomes ``?`` (a YAML key may be Unicode)."""
+    if value.isascii() and value.isprintable() and "\\" not in value and '"' not in value:
+        return value
+    out = []
+    for char in value:
+        if char in '\\"':
+            out.append("\\" + char)
+        elif char.isascii() and char.isprintable():
+            out.append(char)
+        else:
+            out.append("?")
+    return "".join(out)
 
 
 class KeySpec:

@@ -259,3 +259,32 @@ def test_cookie_value() -> None:
     assert cookie_value(None, "a") is None
     assert cookie_value("a=1;b=2", "b") == "2"
     assert cookie_value("ab=1", "a") is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    takes=st.lists(st.tuples(st.floats(min_value=0, max_value=3), st.sampled_from("abcde")), max_size=100),
+    offset=st.floats(min_value=-1e6, max_value=1e6),
+)
+def test_property_export_import_round_trip(takes: list[tuple[float, str]], offset: float) -> None:
+    """Export then import on another clock origin: every key has the same tokens."""
+    old = limiter(rate=2, burst=7)
+    now = 0.0
+    for dt, key in takes:
+        now += dt
+        old.take(key, now)
+    new = limiter(rate=2, burst=7)
+    new.import_state(old.export_state(now), now + offset)
+    for key in "abcde":
+        assert math.isclose(new.tokens(key, now + offset), old.tokens(key, now), abs_tol=1e-9)
+
+
+def test_policy_name_is_a_valid_structured_field_string() -> None:
+    lim = RateLimiter("größe\\x", RateLimit(rate=1, burst=1))
+    assert lim.policy_header == '"gr??e\\\\x";q=1;w=1'
+
+
+def test_ban_within_zero_does_not_divide_by_zero() -> None:
+    lim = limiter(rate=0.001, burst=1, ban=Ban(after=1, within=0.0, for_=5.0))
+    lim.take("k", 0.0)
+    assert [lim.take("k", 0.0).ban_for for _ in range(3)].count(5.0) <= 1
