@@ -9,6 +9,7 @@ file's folder, so a policy can travel with its certificates.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from typing import Any
 
@@ -65,6 +66,9 @@ def _check_references(policy: Policy, loader: Loader) -> None:
     err = loader.error_at
     if not policy.listeners and policy.network is None:
         err("", "a policy needs at least one of 'listeners' or 'network'")
+    admin = policy.admin
+    if admin is not None and admin.token_file is None and not _is_loopback(admin.listen.host):
+        err("admin.listen", "a non-loopback admin address needs admin.token_file (metrics and status are private)")
     zones = policy.network.zones if policy.network else {}
     for name, service in policy.services.items():
         fallback = service.fallback
@@ -130,6 +134,15 @@ def _check_network(policy: Policy, loader: Loader) -> None:
             if key in vlans:
                 err(f"network.zones.{name}.vlan", f"vlan {zone.vlan.link_name} is already zone {vlans[key]!r}")
             vlans[key] = name
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _known(err: Any, key: str, value: str, known: Any, what: str) -> None:

@@ -1,0 +1,272 @@
+"""The HTTP/1 codec, sans IO: bytes in, heads and body events out; every bad shape is a ProtocolError.
+
+Each case runs fed whole and fed byte by byte: the events must be the same.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.http.h1 import ProtocolError, RequestReader, ResponseReader
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def request_head(self, head):
+        self.events.append(("head", head.method, head.target, head.version, head.host, b"".join(head.lines),
+                            head.content_length, head.chunked, head.keep_alive, head.upgrade, head.expect_continue))
+
+    def request_body(self, data):
+        if self.events and self.events[-1][0] == "body":
+            self.events[-1] = ("body", self.events[-1][1] + data)
+        else:
+            self.events.append(("body", data))
+
+    def request_end(self):
+        self.events.append(("end",))
+
+    response_body = request_body
+    response_end = request_end
+
+    def response_head(self, head):
+        self.events.append(("rhead", head.status, head.reason, b"".join(head.lines), head.content_length,
+                            head.chunked, head.keep_alive))
+
+
+def feed_whole(data: bytes, max_header_size: int = 32 * 1024):
+    rec = Recorder()
+    reader = RequestReader(rec, max_header_size)
+    offset = reader.feed(data)
+    return rec.events, offset
+
+
+def feed_bytewise(data: bytes, max_header_size: int = 32 * 1024):
+    rec = Recorder()
+    reader = RequestReader(rec, max_header_size)
+    offset = -1
+    for i in range(len(data)):
+        offset = reader.feed(data[i : i + 1])
+        if offset >= 0:
+            break
+    return rec.events, offset
+
+
+def both(data: bytes, **kw):
+    whole = feed_whole(data, **kw)
+    assert feed_bytewise(data, **kw)[0] == whole[0]
+    return whole[0]
+
+
+def rejected(data: bytes, **kw) -> int:
+    statuses = set()
+    for feed in (feed_whole, feed_bytewise):
+        with pytest.raises(ProtocolError) as info:
+            feed(data, **kw)
+        statuses.add(info.value.status)
+    assert len(statuses) == 1, statuses
+    return statuses.pop()
+
+
+def test_simple_get():
+    events = both(b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\n\r\n")
+    assert events == [
+        ("head", b"GET", b"/a?b=1", b"1.1", b"example.com", b"User-Agent: t\r\n", None, False, True, None, False),
+        ("end",),
+    ]
+
+
+def test_hop_by_hop_and_forwarding_headers_are_taken_out():
+    events = both(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\nX-Secret: 1\r\n"
+        b"TE: trailers\r\nProxy-Connection: x\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n"
+        b"Proxy-Authorization: Basic x\r\nAccept: */*\r\n\r\n"
+    )
+    assert events[0][5] == b"Accept: */*\r\n"
+
+
+def test_chunked_body_decoded():
+    events = both(b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n")
+    assert events[0][7] is True
+    assert events[1:] == [("body", b"abcde"), ("end",)]
+
+
+def test_pipelined_requests_in_order():
+    events = both(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+                  b"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [e[2] for e in events if e[0] == "head"] == [b"/1", b"/2", b"/3"]
+    assert ("body", b"hi") in events
+
+
+def test_http10_defaults_to_close():
+    events = both(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+    assert events[0][3] == b"1.0" and events[0][8] is False
+
+
+def test_connection_close():
+    assert both(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")[0][8] is False
+
+
+def test_upgrade_returns_offset_of_tunnel_bytes():
+    data = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nRAW"
+    events, offset = feed_whole(data)
+    assert events[0][9] == b"websocket"
+    assert data[offset:] == b"RAW"
+
+
+def test_expect_continue():
+    events = both(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\nx")
+    assert events[0][10] is True
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\nabcd", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+         400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n  folded\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+        (b"GET http://evil/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", 417),
+        (b"G\x01T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX Y: z\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc", 400),
+    ],
+)
+def test_bad_input(data, status):
+    assert rejected(data) == status
+
+
+def test_header_section_too_large_is_431():
+    big = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"a" * 5000 + b"\r\n\r\n"
+    assert rejected(big, max_header_size=4096) == 431
+
+
+def test_endless_header_is_431_before_it_ends():
+    rec = Recorder()
+    reader = RequestReader(rec, 4096)
+    reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ")
+    with pytest.raises(ProtocolError) as info:
+        for _ in range(10):
+            reader.feed(b"a" * 1000)
+    assert info.value.status == 431
+
+
+_token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).filter(lambda t: t.lower() not in {
+    "host", "content-length", "transfer-encoding", "connection", "upgrade", "expect", "te", "trailer", "keep-alive",
+    "proxy-connection", "proxy-authorization", "proxy-authenticate", "x-forwarded-for", "x-forwarded-proto",
+    "x-forwarded-host", "forwarded"})
+_value = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789 ;=,./", max_size=30).map(str.strip)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    path=st.text(alphabet="abcdefghij/._-~%0123456789", max_size=40),
+    headers=st.lists(st.tuples(_token, _value), max_size=8),
+    body=st.binary(max_size=300),
+    chunked=st.booleans(),
+)
+def test_valid_requests_round_trip_whole_and_bytewise(path, headers, body, chunked):
+    lines = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in headers)
+    if chunked:
+        framed = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+        data = b"POST /" + path.encode() + b" HTTP/1.1\r\nHost: h\r\n" + lines + b"Transfer-Encoding: chunked\r\n\r\n"
+    else:
+        framed = body
+        data = b"POST /" + path.encode() + b" HTTP/1.1\r\nHost: h\r\n" + lines + b"Content-Length: %d\r\n\r\n" % len(body)
+    events = both(data + framed)
+    assert events[0][5] == lines
+    got = b"".join(e[1] for e in events if e[0] == "body")
+    assert got == body
+    assert events[-1] == ("end",)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_input_parses_or_raises_protocol_error(data):
+    for feed in (feed_whole, feed_bytewise):
+        try:
+            feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + data)
+        except ProtocolError as exc:
+            assert 400 <= exc.status < 600
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_request_line_parses_or_raises_protocol_error(data):
+    try:
+        feed_whole(data)
+    except ProtocolError:
+        pass
+
+
+# -- responses ----------------------------------------------------------------------------
+def read_response(data: bytes, head_request: bool = False, bytewise: bool = False):
+    rec = Recorder()
+    reader = ResponseReader(rec)
+    reader.expect_no_body = head_request
+    pieces = [data[i : i + 1] for i in range(len(data))] if bytewise else [data]
+    for piece in pieces:
+        reader.feed(piece)
+    return rec.events, reader
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_response_chunked_and_hop_by_hop(bytewise):
+    events, _ = read_response(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: X-Gone\r\nX-Gone: 1\r\nX-Kept: 2\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+        bytewise=bytewise,
+    )
+    assert events[0] == ("rhead", 200, b"OK", b"X-Kept: 2\r\n", None, True, True)
+    assert events[1:] == [("body", b"hello"), ("end",)]
+
+
+def test_response_to_head_has_no_body_and_connection_is_reusable():
+    events, reader = read_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", head_request=True)
+    assert events == [("rhead", 200, b"OK", b"", 1234, False, True), ("end",)]
+    assert reader.clean
+    # the next response on the same connection parses with a fresh parser
+    rec2 = reader._sink
+    reader.expect_no_body = False
+    reader.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert rec2.events[-2][1] == 204
+
+
+def test_response_interim_then_final():
+    events, _ = read_response(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert [e[1] for e in events if e[0] == "rhead"] == [103, 200]
+
+
+def test_malformed_response_is_502():
+    with pytest.raises(ProtocolError) as info:
+        read_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
+    assert info.value.status == 502
