@@ -17,6 +17,7 @@ from edge.ca.authority import (
     issue_leaf,
     load_ca,
 )
+from edge.ca.listener import InternalError, ensure_internal
 
 __all__ = [
     "DEFAULT_LEAF_DAYS",
@@ -27,9 +28,11 @@ __all__ = [
     "Authority",
     "BadName",
     "CaError",
+    "InternalError",
     "Leaf",
     "ensure_ca",
     "ensure_demo_pki",
+    "ensure_internal",
     "ensure_leaf",
     "init_ca",
     "issue_leaf",

@@ -230,3 +230,40 @@ def test_cli_is_reachable_as_a_program(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "root.pem" in result.stdout
+
+
+# -- internal certificates of a listener ---------------------------------------------------------
+
+
+def test_ensure_internal_creates_the_demo_ca_and_leaf_on_request(tmp_path: Path) -> None:
+    from edge.ca import ensure_internal
+    from edge.policy.model import Certificate, Tls
+
+    demo = tmp_path / "demo-ca"
+    own = Certificate(cert=str(tmp_path / "own.pem"), key=str(tmp_path / "own.key"))  # not in a CA dir
+    tls = Tls(certificates=(Certificate(cert=str(demo / "localhost.pem"), key=str(demo / "localhost.key")), own))
+    assert ensure_internal(tls) == ([], [])  # nothing is created unasked
+    leaves, errors = ensure_internal(tls, create_ca=True)
+    assert errors == [] and [leaf.names for leaf in leaves] == [("localhost", "127.0.0.1", "::1")]
+    assert openssl_verify(demo / "root.pem", demo / "localhost.pem", "-verify_ip", "::1").returncode == 0
+    assert not (tmp_path / "own.pem").exists() and not (tmp_path / "root.pem").exists()
+
+
+def test_ensure_internal_renews_in_existing_ca_dirs_keeping_names(tmp_path: Path) -> None:
+    from edge.ca import ensure_internal
+    from edge.policy.model import Certificate, Tls
+
+    ca = init_ca(tmp_path)
+    leaf = issue_leaf(ca, ["nas.lan", "10.0.0.2"])
+    tls = Tls(
+        certificates=(
+            Certificate(cert=str(leaf.cert_path), key=str(leaf.key_path)),
+            Certificate(cert=str(tmp_path / "_wildcard.apps.lan.pem"), key=str(tmp_path / "_wildcard.apps.lan.key")),
+        )
+    )
+    before = leaf.cert_path.read_bytes()
+    leaves, errors = ensure_internal(tls)
+    assert errors == [] and leaf.cert_path.read_bytes() == before  # current: untouched
+    assert leaves[1].names == ("*.apps.lan",)
+    leaves, _ = ensure_internal(tls, now=leaf.not_after - dt.timedelta(days=1))
+    assert leaf.cert_path.read_bytes() != before and leaves[0].names == ("nas.lan", "10.0.0.2")
