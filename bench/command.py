@@ -32,11 +32,15 @@ def _names(known: Sequence[str], what: str):
     return parse
 
 
-def _duration(text: str) -> int:
+def _duration(text: str, minimum: int = 1) -> int:
     try:
-        return parse_duration_text(text)
+        return parse_duration_text(text, minimum)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _warmup(text: str) -> int:
+    return _duration(text, minimum=0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--warmup",
-        type=_duration,
+        type=_warmup,
         default=1,
         metavar="SECONDS",
         help="wrk warm-up per proxy before the tests (default: 1)",

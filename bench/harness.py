@@ -125,12 +125,18 @@ def _git_commit() -> str:
     return _version(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"])
 
 
-def _count_lines(path: Path) -> int:
-    count = 0
+def _access_log_summary(path: Path, upstreams: list[str]) -> dict[str, object]:
+    """Lines in edge's access log and how many name each origin address (proof of round robin)."""
+    lines = 0
+    needles = {u: f'"{u}"'.encode() for u in upstreams}
+    counts = dict.fromkeys(upstreams, 0)
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            count += chunk.count(b"\n")
-    return count
+        for chunk in iter(lambda: handle.readlines(1 << 22), []):
+            lines += len(chunk)
+            joined = b"".join(chunk)
+            for upstream, needle in needles.items():
+                counts[upstream] += joined.count(needle)
+    return {"access_log_lines": lines, "access_log_upstreams": counts}
 
 
 class _Run:
@@ -183,18 +189,24 @@ class _Run:
         child, launch = self.up[name]
         if child.exited() is not None:
             return report.Row(name, test, "failed", f"died (status {child.exited()}): {child.log_tail(3)}")
-        meter = CpuMeter(() if self.client_cpu is None else (self.client_cpu,))
+        pinned_cpus = () if self.client_cpu is None or self.proxy_cpu is None else (self.client_cpu, self.proxy_cpu)
+        meter = CpuMeter(pinned_cpus)
         cpu_before, started = session_cpu_seconds(child.process.pid), time.monotonic()
         meter.start()
         try:
-            result = parse_wrk(self.wrk(launch, test, self.options.duration_s))
+            output = self.wrk(launch, test, self.options.duration_s)
+            result = parse_wrk(output)
         except (WrkError, subprocess.TimeoutExpired, OSError) as exc:
             return report.Row(name, test, "failed", f"{test}: {' '.join(str(exc).split())[:300]}")
-        client_busy = meter.stop().get(self.client_cpu) if self.client_cpu is not None else None
+        busy = meter.stop()
         proxy_cpu = (session_cpu_seconds(child.process.pid) - cpu_before) / (time.monotonic() - started)
         if child.exited() is not None:
             return report.Row(name, test, "failed", f"died during {test} (status {child.exited()})")
         detail = dict(result.socket_errors, non_2xx_3xx=result.non_2xx_3xx)
+        expected = report.BODY_SIZES[report.TESTS[test][0]]
+        if result.requests and result.bytes_per_request < expected:
+            message = f"{test}: {result.bytes_per_request:.0f} bytes per response, the body alone is {expected}"
+            return report.Row(name, test, "failed", message, wrk_output=output)
         return report.Row(
             name,
             test,
@@ -206,7 +218,9 @@ class _Run:
             bytes_per_request=result.bytes_per_request,
             detail=detail,
             proxy_cpu=proxy_cpu,
-            client_cpu=client_busy,
+            client_cpu=busy[self.client_cpu][0] if self.client_cpu in busy else None,
+            proxy_cpu_tasks=busy[self.proxy_cpu][1] if self.proxy_cpu in busy else None,
+            wrk_output=output,
         )
 
     def execute(self) -> None:
@@ -252,7 +266,8 @@ class _Run:
             meta["edge"] = dict(self.up["edge"][1].notes)
             log_path = Path(str(self.up["edge"][1].notes.get("access_log", "-")))
             if log_path.is_file():
-                meta["edge"]["access_log_lines"] = _count_lines(log_path)
+                upstreams = [f"127.0.0.1:{p}" for p in (self.ports.origin1, self.ports.origin2)]
+                meta["edge"].update(_access_log_summary(log_path, upstreams))
         return meta
 
 
@@ -295,7 +310,11 @@ def _write_outputs(
     lines = [f"results: {json_path}"]
     edge_meta = meta.get("edge")
     if isinstance(edge_meta, dict):
-        lines.append(f"edge access log: {edge_meta.get('access_log')} ({edge_meta.get('access_log_lines', '?')} lines)")
+        spread = ", ".join(f"{u}: {n}" for u, n in dict(edge_meta.get("access_log_upstreams") or {}).items())
+        lines.append(
+            f"edge access log: {edge_meta.get('access_log')} ({edge_meta.get('access_log_lines', '?')} lines"
+            + (f"; by upstream {spread})" if spread else ")")
+        )
     png_path = json_path.with_suffix(".png")
     lines.append(f"plot: {png_path}" if report.write_plot(png_path, rows) else "plot: skipped (no matplotlib)")
     print("\n" + "\n".join(lines), file=out, flush=True)

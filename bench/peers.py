@@ -92,8 +92,9 @@ def _template(name: str) -> str:
     return (CONFIG_DIR / name).read_text()
 
 
-def _values(ports: RunPorts, run_dir: Path, name: str) -> dict[str, object]:
+def _values(ports: RunPorts, run_dir: Path, name: str, policy_dir: Path = CONFIG_DIR) -> dict[str, object]:
     return {
+        "policy_dir": policy_dir,
         "dir": run_dir,
         "port": ports.proxies.get(name, 0),
         "admin_port": ports.edge_admin,
@@ -162,11 +163,11 @@ def listen_address(policy_text: str) -> tuple[str, int]:
 
 def launch_proxy(name: str, ports: RunPorts, run_dir: Path, edge_policy: Path | None = None) -> Launch:
     """The launch spec of one proxy under test, its config rendered for this run."""
-    values = _values(ports, run_dir, name)
+    source = Path(edge_policy or CONFIG_DIR / "edge.yaml").resolve()
+    values = _values(ports, run_dir, name, source.parent)
     port = ports.proxies[name]
     if name == "edge":
-        source = edge_policy or CONFIG_DIR / "edge.yaml"
-        policy = render(Path(source).read_text(), values, str(source))
+        policy = render(source.read_text(), values, str(source))
         host, port = listen_address(policy)
         access_log = (yaml.safe_load(policy).get("access_log") or {}).get("path", "-")
         return Launch(

@@ -184,36 +184,42 @@ def session_cpu_seconds(session: int) -> float:
 
 
 class CpuMeter:
-    """Busy fraction of some CPUs between ``start()`` and ``stop()``, from /proc/stat."""
+    """How busy some CPUs were between ``start()`` and ``stop()``, from /proc/stat.
+
+    Two fractions per CPU: ``busy`` counts everything but idle and iowait (interrupts and
+    softirqs included: loopback traffic is mostly softirq work), ``tasks`` only user, nice and
+    system time, which is what processes' own CPU times add up to.
+    """
 
     def __init__(self, cpus: tuple[int, ...]) -> None:
         self.cpus = cpus
-        self._start: dict[int, tuple[int, int]] = {}
+        self._start: dict[int, tuple[int, int, int]] = {}
 
     @staticmethod
-    def _read() -> dict[int, tuple[int, int]]:
-        """cpu -> (busy ticks, total ticks); idle and iowait count as not busy."""
+    def _read() -> dict[int, tuple[int, int, int]]:
+        """cpu -> (busy ticks, task ticks, total ticks)."""
         times = {}
         with open("/proc/stat") as handle:
             for line in handle:
                 name, *values = line.split()
                 if name.startswith("cpu") and name != "cpu":
-                    numbers = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
-                    total = sum(numbers)
-                    times[int(name[3:])] = (total - numbers[3] - numbers[4], total)
+                    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in values[:8])
+                    total = user + nice + system + idle + iowait + irq + softirq + steal
+                    times[int(name[3:])] = (total - idle - iowait, user + nice + system, total)
         return times
 
     def start(self) -> None:
         self._start = self._read()
 
-    def stop(self) -> dict[int, float]:
+    def stop(self) -> dict[int, tuple[float, float]]:
+        """cpu -> (busy fraction, task fraction) since ``start()``."""
         end = self._read()
-        busy = {}
+        fractions = {}
         for cpu in self.cpus:
             if cpu in self._start and cpu in end:
-                d_busy, d_total = (e - s for s, e in zip(self._start[cpu], end[cpu]))
-                busy[cpu] = d_busy / d_total if d_total else 0.0
-        return busy
+                d_busy, d_tasks, d_total = (e - s for s, e in zip(self._start[cpu], end[cpu]))
+                fractions[cpu] = (d_busy / d_total, d_tasks / d_total) if d_total else (0.0, 0.0)
+        return fractions
 
 
 def _main_thread() -> bool:

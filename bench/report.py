@@ -32,6 +32,8 @@ TESTS: dict[str, tuple[str, int]] = {
     "64k": ("/64k", 50),
     "latency": ("/small", 1),
 }
+# path -> body size the origin serves there; fewer bytes per response means a proxy answered itself.
+BODY_SIZES = {"/small": 100, "/64k": 65536}
 
 REFERENCE = "edge"
 
@@ -53,6 +55,8 @@ class Row:
     detail: dict[str, int] = field(default_factory=dict)
     proxy_cpu: float = 0.0  # CPU seconds of the proxy's processes per wall second of the test
     client_cpu: float | None = None  # busy fraction of the origin + wrk CPU (None: not pinned)
+    proxy_cpu_tasks: float | None = None  # fraction of the proxy's CPU used by any process (not softirq)
+    wrk_output: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,8 @@ _HEADER = ("proxy", "test", "rps", "p50", "p99", "errors", "rps e/p", "p50 e/p",
 _WIDTHS = (8, 8, 10, 9, 9, 7, 8, 8, 8, 5)
 # A client CPU this busy means the number is the client's ceiling rather than the proxy's.
 CLIENT_SATURATED = 0.95
+# Other processes using this much of the proxy's CPU make the row unfit for comparison.
+PROXY_CPU_CONTENDED = 0.10
 
 
 def _line(cells: tuple[str, ...]) -> str:
@@ -153,6 +159,15 @@ def format_table(rows: list[Row]) -> str:
         out.append("")
         out.append(f"note: the origin + wrk CPU was >= {CLIENT_SATURATED:.0%} busy in: {', '.join(saturated)};")
         out.append("      where the proxy's cpu is well below 100% too, rps is the client's ceiling, not the proxy's.")
+    contended = [
+        f"{r.proxy} {r.test} ({r.proxy_cpu_tasks - r.proxy_cpu:.0%})"
+        for r in rows
+        if r.status == "ok" and r.proxy_cpu_tasks is not None and r.proxy_cpu_tasks - r.proxy_cpu >= PROXY_CPU_CONTENDED
+    ]
+    if contended:
+        out.append("")
+        out.append(f"note: other processes used the proxy's CPU during: {', '.join(contended)};")
+        out.append("      those numbers are low by about that share: measure on a quiet machine.")
     return "\n".join(out)
 
 

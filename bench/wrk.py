@@ -89,12 +89,12 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
-def parse_duration_text(text: str) -> int:
-    """``10``, ``10s``, ``2m`` -> whole seconds >= 1 (what wrk's ``-d`` accepts)."""
+def parse_duration_text(text: str, minimum: int = 1) -> int:
+    """``10``, ``10s``, ``2m`` -> whole seconds >= ``minimum`` (wrk's ``-d`` takes whole seconds)."""
     match = re.fullmatch(r"\s*(\d+)\s*(s|m|h)?\s*", text)
     if match is None:
         raise ValueError(f"duration {text!r}: expected whole seconds like 10, 10s or 1m")
     seconds = int(match.group(1)) * int(_TIME_UNITS[match.group(2) or "s"])
-    if seconds < 1:
-        raise ValueError(f"duration {text!r}: must be at least 1s")
+    if seconds < minimum:
+        raise ValueError(f"duration {text!r}: must be at least {minimum}s")
     return seconds
