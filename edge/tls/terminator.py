@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import ssl
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -37,7 +38,7 @@ from edge.tls.context import (
     apply_to_listener_context,
     server_context,
 )
-from edge.tls.sni import SniIndex, names_of
+from edge.tls.sni import SniIndex, names_of, normalize
 
 log = logging.getLogger("edge.tls")
 
@@ -163,6 +164,8 @@ class TlsTerminator:
             self._context = server_context(settings)
         except (ssl.SSLError, OSError) as exc:
             raise TlsError([CertificateError(tls.client_ca or "?", f"client CA: {exc}")]) from None
+        self._overrides: dict[str, ssl.SSLContext] = {}
+        self._retired: Counter[str] = Counter()
         self._context.sni_callback = self._on_server_name
         loaded: list[LoadedCertificate] = []
         errors: list[CertificateError] = []
@@ -189,6 +192,31 @@ class TlsTerminator:
         snapshot = self._snapshot
         position = snapshot.index.select(server_name)
         return None if position is None else snapshot.certificates[position]
+
+    def set_override(self, server_name: str, context: ssl.SSLContext | None) -> None:
+        """Answer ``server_name`` from ``context`` until cleared with None, ahead of SNI rules.
+
+        For the ACME TLS-ALPN-01 challenge (a context with the challenge certificate and
+        ``acme-tls/1`` as its only ALPN protocol) during the seconds a validation takes.
+        The context must come from ``server_context`` for the listener's settings.
+        """
+        name = normalize(server_name)
+        if context is None:
+            self._overrides.pop(name, None)
+        else:
+            self._overrides[name] = context
+
+    def session_stats(self) -> dict[str, int]:
+        """OpenSSL's counters for this listener (accept_good, hits, misses, ...) for metrics.
+
+        OpenSSL counts handshakes on the context a connection ended on (per certificate) and
+        cache hits on the listener context, so this sums them all, including retired ones, so
+        the totals never go down across reloads (Prometheus counters).
+        """
+        totals = Counter(self._retired)
+        for ctx in (self._context, *(c.context for c in self._snapshot.certificates)):
+            totals.update(ctx.session_stats())
+        return dict(totals)
 
     def reload(self) -> list[CertificateError]:
         """Re-read changed certificate/key files; broken ones keep their old certificate.
@@ -246,11 +274,22 @@ class TlsTerminator:
             _warn_expired([result])
         if not same_settings:
             apply_to_listener_context(self._context, settings)
+        kept = {id(c.context) for c in loaded}
+        for old_certificate in self._snapshot.certificates:
+            if id(old_certificate.context) not in kept:
+                stats = old_certificate.context.session_stats()
+                stats.pop("number", None)  # a gauge (sessions cached now), not a counter
+                self._retired.update(stats)
         self._snapshot = _snapshot(settings, loaded)
         return errors
 
     def _on_server_name(self, conn: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> int | None:
         """OpenSSL's servername callback: move the handshake onto the chosen certificate."""
+        if self._overrides and server_name:
+            override = self._overrides.get(normalize(server_name))
+            if override is not None:
+                conn.context = override
+                return None
         snapshot = self._snapshot
         position = snapshot.index.select(server_name)
         if position is None:  # no certificate at all (ACME has not issued yet)

@@ -195,3 +195,17 @@ def test_demo_pki_serves_https_with_zero_set_up(tmp_path: Path, serve) -> None:
         assert conn.recv(100).startswith(b"hello")
     with guard.connect("127.0.0.1", server.port) as raw, ctx.wrap_socket(raw, server_hostname="localhost") as conn:
         assert conn.recv(100).startswith(b"hello")
+
+
+def test_override_answers_one_name_until_cleared(pki: Pki, serve) -> None:
+    from edge.tls import TlsSettings, server_context
+
+    server = serve(pki.tls())
+    challenge = server_context(TlsSettings(alpn=("acme-tls/1",)), pki.wildcard.cert, pki.wildcard.key)
+    server.loop_thread.call(lambda: server.terminator.set_override("A.test", challenge))
+    result = s_client(server.port, "-alpn", "acme-tls/1", servername="a.test")
+    assert "subject=CN = *.wild.test" in result.out and "hello alpn=acme-tls/1" in result.out, result.out
+    assert "subject=CN = default.test" in s_client(server.port, servername="other.test").out
+    server.loop_thread.call(lambda: server.terminator.set_override("a.test", None))
+    assert "subject=CN = a.test" in s_client(server.port, servername="a.test").out
+    assert server.terminator.session_stats()["accept_good"] >= 2
