@@ -24,6 +24,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 import msgpack
 
@@ -84,8 +85,13 @@ def handle(request: object, change: ElementChange) -> dict:
 
 
 # -- server (asyncio) ------------------------------------------------------------------------
-async def serve(path: str, change: ElementChange, on_request: Callable[[dict, dict], None] | None = None):
-    """Listen on ``path`` (replacing a stale socket); returns the asyncio server."""
+async def serve(path: str, change: ElementChange, executor: Executor | None = None):
+    """Listen on ``path`` (replacing a stale socket); returns the asyncio server.
+
+    ``change`` runs on ``executor`` when given (the daemon's one kernel thread, which
+    serializes block-list changes with applies), else on the loop.
+    """
+    loop = asyncio.get_running_loop()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     try:
         os.unlink(path)
@@ -105,9 +111,10 @@ async def serve(path: str, change: ElementChange, on_request: Callable[[dict, di
                 except Exception:
                     writer.write(encode({"ok": False, "error": "not msgpack"}))
                     break
-                reply = handle(request, change)
-                if on_request is not None:
-                    on_request(request if isinstance(request, dict) else {}, reply)
+                if executor is None:
+                    reply = handle(request, change)
+                else:
+                    reply = await loop.run_in_executor(executor, handle, request, change)
                 writer.write(encode(reply))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -4,8 +4,8 @@ Apply at start; every ``network.reconcile_interval`` read the kernel, log what d
 and repair it; SIGHUP reloads the policy file (an invalid one is logged and the old
 one kept); SIGTERM/SIGINT stop it (the firewall stays as it is). Serves the control
 socket (``control.py``) and, with ``--metrics-listen``, ``GET /metrics``. The kernel work
-is synchronous and short (a few ms), so it runs on the loop thread: one writer, no
-races between a reconcile and a block-list add.
+is synchronous (libnftables, pyroute2's own event loop) and runs on one dedicated
+kernel thread: one writer, so a reconcile and a block-list add never interleave.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from edge.net import apply as apply_mod
 from edge.net import control, metrics, nft
@@ -37,6 +38,7 @@ class Controller:
         self.peer_names: dict[tuple[str, str], str] = {}
         self.reconciles: Counter[str] = Counter()
         self.blocks: Counter[str] = Counter()
+        self.kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-net-kernel")
         self._wake = asyncio.Event()
         self._reload = False
         self._stop = False
@@ -114,7 +116,8 @@ class Controller:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
                 if head.split(b" ", 2)[:2] == [b"GET", b"/metrics"]:
-                    body = self.metrics_text().encode()
+                    text = await asyncio.get_running_loop().run_in_executor(self.kernel, self.metrics_text)
+                    body = text.encode()
                     status = b"200 OK"
                 else:
                     body, status = b"not found\n", b"404 Not Found"
@@ -144,7 +147,17 @@ class Controller:
             self._stop = True
         self._wake.set()
 
+    async def _k(self, fn, *args):
+        """Run kernel work on the kernel thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.kernel, fn, *args)
+
     async def run(self) -> int:
+        try:
+            return await self._run()
+        finally:
+            self.kernel.shutdown(wait=True)
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         try:
             self.desired = self.load()
@@ -152,12 +165,12 @@ class Controller:
             log.error("%s", exc)
             return 2
         try:
-            self.apply(self.desired)
+            await self._k(self.apply, self.desired)
         except apply_mod.ApplyError as exc:
             log.error("apply failed: %s", exc)
             return 1
         socket_path = self.desired.control_socket
-        server = await control.serve(socket_path, self.change_elements)
+        server = await control.serve(socket_path, self.change_elements, self.kernel)
         metrics_server = await self._serve_metrics() if self.metrics_listen else None
         loop.add_signal_handler(signal.SIGHUP, self._signal, True)
         loop.add_signal_handler(signal.SIGTERM, self._signal, False)
@@ -176,14 +189,14 @@ class Controller:
                     break
                 if self._reload:
                     self._reload = False
-                    self._do_reload()
+                    await self._k(self._do_reload)
                     if self.desired.control_socket != socket_path:
                         server.close()
                         socket_path = self.desired.control_socket
-                        server = await control.serve(socket_path, self.change_elements)
+                        server = await control.serve(socket_path, self.change_elements, self.kernel)
                     continue
                 try:
-                    self.reconcile()
+                    await self._k(self.reconcile)
                 except Exception as exc:
                     self.reconciles["error"] += 1
                     log.error("reconcile failed: %s", exc)

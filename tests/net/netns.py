@@ -122,6 +122,10 @@ class Netns:
         return run("ip", "netns", "exec", self.name, PYTHON, "-c", _GUARDED_EDGE, self.name, *args,
                    check=check, timeout=timeout, cwd=ROOT, env=full_env)
 
+    def spawn_edge(self, *args: str, **kw) -> subprocess.Popen:
+        """A long-running ``edge ARGS`` (the daemon) inside this namespace, guarded like ``edge``."""
+        return self.spawn(PYTHON, "-c", _GUARDED_EDGE, self.name, *args, **kw)
+
     def spawn(self, *cmd: str, **kw) -> subprocess.Popen:
         process = subprocess.Popen(
             ["ip", "netns", "exec", self.name, *cmd], cwd=ROOT, text=True,
