@@ -1,0 +1,80 @@
+"""A WireGuard tunnel between two namespaces, set up by ``edge net apply`` with wireguard-go."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.wg import keys
+from tests.net.netns import await_condition, unique, veth
+from tests.support.privileged import require_tool
+
+pytestmark = pytest.mark.privileged
+
+
+def _policy(tmp_path, side: str, underlay: str, under_ip: str, wg: str, wg_ip: str, key: str,
+            peer_key: str, peer_ip: str, peer_under: str) -> str:
+    key_file = tmp_path / f"{side}.key"
+    key_file.write_text(key + "\n")
+    path = tmp_path / f"{side}.yaml"
+    path.write_text(
+        "version: 1\n"
+        "network:\n"
+        "  zones:\n"
+        f"    under: {{interfaces: [{underlay}], address: {under_ip}/24}}\n"
+        f"    tunnel: {{interfaces: [{wg}]}}\n"
+        "  input:\n"
+        "    - {from: under, ports: [51820/udp], action: accept}\n"
+        "    - {from: tunnel, ports: [8080/tcp], action: accept}\n"
+        "  wireguard:\n"
+        f"    {wg}:\n"
+        "      listen_port: 51820\n"
+        f"      address: {wg_ip}/24\n"
+        f"      endpoint: {under_ip}:51820\n"
+        f"      private_key_file: {key_file}\n"
+        "      peers:\n"
+        f"        other: {{public_key: \"{peer_key}\", allowed_ips: [{peer_ip}/32], keepalive: 1s,\n"
+        f"                 endpoint: \"{peer_under}:51820\"}}\n"
+    )
+    return str(path)
+
+
+def test_tunnel_carries_tcp_after_apply(netns, tmp_path) -> None:
+    require_tool("wireguard-go")
+    a, b = netns("edgwa"), netns("edgwb")
+    veth(a, "ua", b, "ub")
+    wg_a, wg_b = unique("wga"), unique("wgb")  # the UAPI socket path is shared by all namespaces
+    key_a, key_b = keys.generate_private_key(), keys.generate_private_key()
+    pub_a, pub_b = keys.public_key(key_a), keys.public_key(key_b)
+    under_a, under_b = "192.168.77.1", "192.168.77.2"
+    policy_a = _policy(tmp_path, "a", "ua", under_a, wg_a, "10.99.0.1", key_a, pub_b, "10.99.0.2", under_b)
+    policy_b = _policy(tmp_path, "b", "ub", under_b, wg_b, "10.99.0.2", key_b, pub_a, "10.99.0.1", under_a)
+
+    plan = a.edge("net", "plan", "-c", policy_a)
+    assert f"link: create {wg_a} (WireGuard)" in plan.stdout, plan.stdout + plan.stderr
+    for ns, policy in ((a, policy_a), (b, policy_b)):
+        result = ns.edge("net", "apply", "-c", policy)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "started wireguard-go (userspace" in result.stdout or "kernel WireGuard" in result.stdout
+
+    b.listen("b", 8080)
+    target = "10.99.0.2:8080"
+    await_condition(lambda: a.probe([target], timeout=1.0) == {target: "pong b"}, timeout=15, what="the tunnel")
+
+    again = a.edge("net", "plan", "-c", policy_a)
+    assert "no changes" in again.stdout, again.stdout + again.stderr
+    status = a.edge("net", "status", "-c", policy_a)
+    assert f"wireguard {wg_a}: userspace" in status.stdout or f"wireguard {wg_a}: kernel" in status.stdout
+    assert "handshake never" not in status.stdout, status.stdout
+    metrics = a.edge("net", "status", "-c", policy_a, "--metrics").stdout
+    assert f'edge_wg_peer_last_handshake_age_seconds{{interface="{wg_a}",peer="other"}}' in metrics
+    assert f'edge_wg_peer_receive_bytes_total{{interface="{wg_a}",peer="other"}}' in metrics
+
+    # the client config for the peer names this host's public key and endpoint
+    config = a.edge("wg", "peer-config", "-c", policy_a, "other", "--qr")
+    assert config.returncode == 0, config.stderr
+    assert f"PublicKey = {pub_a}" in config.stdout and "Endpoint = 192.168.77.1:51820" in config.stdout
+    assert "Address = 10.99.0.2/24" in config.stdout and "AllowedIPs = 10.99.0.0/24" in config.stdout
+
+    # rolling back the first apply removes the userspace interface again
+    assert a.edge("net", "rollback").returncode == 0
+    await_condition(lambda: wg_a not in a.exec("ip", "-o", "link").stdout, timeout=5, what="wireguard-go to go")
