@@ -13,7 +13,12 @@ from edge.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNTIME
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("ca", help="internal CA for LAN names", description=__doc__)
+    parser = sub.add_parser(
+        "ca",
+        help="internal CA for LAN names",
+        description="An internal CA for LAN names: a root your devices trust once (docs/tls.md), "
+        "and short-lived leaf certificates it signs.",
+    )
     ca_sub = parser.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
 
     init = ca_sub.add_parser(
