@@ -83,6 +83,7 @@ class Leaf:
     key_path: Path
     names: tuple[str, ...]
     not_after: dt.datetime
+    issued: bool = True  # False: ensure_leaf found a current leaf and left it alone
 
 
 # -- names -------------------------------------------------------------------------------------
@@ -419,7 +420,7 @@ def ensure_leaf(
     with locked(ca.directory):
         if leaf_is_current(ca, names, cert_file, key_file, now=now):
             cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-            return Leaf(cert_file, key_file, cert_names(cert), cert.not_valid_after_utc)
+            return Leaf(cert_file, key_file, cert_names(cert), cert.not_valid_after_utc, issued=False)
         return issue_leaf(ca, names, cert_path=cert_file, key_path=key_file, days=days)
 
 

@@ -142,6 +142,7 @@ def test_ensure_leaf_creates_then_leaves_alone(tmp_path: Path) -> None:
     second = ensure_leaf(tmp_path / "ca", ["cloud.lan"], cert, key)
     assert (cert.read_bytes(), key.read_bytes()) == content
     assert first.not_after == second.not_after and second.names == ("cloud.lan",)
+    assert first.issued and not second.issued
 
 
 def test_ensure_leaf_reissues_near_expiry_for_other_names_or_another_ca(tmp_path: Path) -> None:
