@@ -18,6 +18,11 @@ EXIT_BAD_INPUT = 2
 
 QUICK_DURATION_S = 2
 
+DESCRIPTION = (
+    "Benchmark edge against nginx, HAProxy and Caddy as reverse proxies in front of one nginx origin "
+    "(proxy pinned to CPU 1, origin and wrk to CPU 0) and print one table. See bench/README.md."
+)
+
 
 def _names(known: Sequence[str], what: str):
     def parse(text: str) -> tuple[str, ...]:
@@ -126,7 +131,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "bench",
         help="benchmark edge against nginx, HAProxy and Caddy",
-        description=(harness.__doc__ or "").split("\n\n")[0],
+        description=DESCRIPTION,
     )
     add_arguments(parser)
     parser.set_defaults(handler=run_bench)
@@ -134,7 +139,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench``."""
-    parser = argparse.ArgumentParser(prog="python -m bench", description=(harness.__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -163,7 +163,8 @@ class _Run:
 
     def start_proxy(self, name: str) -> None:
         if peers.binary(name) is None:
-            self.failed[name] = f"skipped: {'edge' if name == 'edge' else name} not installed"
+            where = "no edge script next to this Python nor on PATH" if name == "edge" else f"no {name} on PATH"
+            self.failed[name] = f"skipped: not installed ({where})"
             return
         try:
             launch = peers.launch_proxy(name, self.ports, self.run_dir, self.options.edge_policy)

@@ -139,7 +139,7 @@ def format_table(rows: list[Row]) -> str:
     CPU use (of one core), then the targets and a note where the client side was saturated."""
     out = [_line(_HEADER)]
     # A proxy that did not run: one line (not one per test), above the measurements.
-    out.extend(dict.fromkeys(f"{row.proxy}: {row.message}" for row in rows if row.status != "ok"))
+    out.extend(dict.fromkeys(f"{row.proxy}: {' '.join(row.message.split())}" for row in rows if row.status != "ok"))
     for row in rows:
         if row.status != "ok":
             continue
