@@ -61,7 +61,7 @@ _NONE, _HEAD, _IDLE, _UPSTREAM, _POOL, _BODY, _STREAM = range(7)
 _INF = float("inf")
 _clock = time.perf_counter  # durations: uvloop's loop.time() has millisecond resolution
 # read-pause reasons (bit mask)
-_BY_UPSTREAM, _BY_BUFFER = 1, 2
+_BY_UPSTREAM, _BY_BUFFER, _BY_ERROR = 1, 2, 4
 
 
 def error_response(status: int, detail: str, close: bool, extra: bytes = b"") -> bytes:
@@ -98,7 +98,9 @@ class ClientConnection(asyncio.Protocol):
         "_bytes",
         "_close_after",
         "_closed",
+        "_deferred",
         "_head",
+        "_in_feed",
         "_out",
         "_paused",
         "_pending",
@@ -116,6 +118,7 @@ class ClientConnection(asyncio.Protocol):
         "_rt",
         "_status",
         "_t0",
+        "_to_lease",
         "_tried",
         "_tunnel",
         "_up",
@@ -151,6 +154,9 @@ class ClientConnection(asyncio.Protocol):
         self._pending: deque[_Pending] = deque()
         self._body_pending: _Pending | None = None
         self._out: list[bytes] = []
+        self._deferred: tuple[int, str] | None = None
+        self._in_feed = False
+        self._to_lease: UpstreamState | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -192,7 +198,7 @@ class ClientConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.transport.write(data)
             return
-        if self._closed:
+        if self._closed or self._deferred is not None:
             return
         if self.deadline_kind == _IDLE:
             self.deadline = self.server.loop.time() + self.server.runtime.limits.header_timeout
@@ -201,11 +207,16 @@ class ClientConnection(asyncio.Protocol):
         if head is not None and head.upgrade is not None and self._req_done:
             self._send_upstream_raw(data)  # bytes after an upgrade request, before the 101
             return
+        self._in_feed = True
         try:
             offset = self.reader.feed(data)
         except ProtocolError as exc:
-            self._reject(exc.status, exc.reason)
+            self._in_feed = False
+            self._reject(exc.status, exc.reason)  # closes, or defers behind the active request
+            self._lease_parsed()
             return
+        self._in_feed = False
+        self._lease_parsed()
         if offset >= 0 and offset < len(data):
             self._send_upstream_raw(data[offset:])
         if self._out:
@@ -392,7 +403,10 @@ class ClientConnection(asyncio.Protocol):
             self._req_done = True
             self._wait_upstream()
         self._attempts = 1
-        self._lease(ustate)
+        if self._in_feed:
+            self._to_lease = ustate  # see _lease_parsed
+        else:
+            self._lease(ustate)
 
     def _wait_upstream(self) -> None:
         if self._resp_started:
@@ -401,6 +415,18 @@ class ClientConnection(asyncio.Protocol):
         assert route is not None
         self.deadline = self.server.loop.time() + route.service.response_timeout
         self.deadline_kind = _UPSTREAM
+
+    def _lease_parsed(self) -> None:
+        """Lease for the request started during this read, now that all of the read parsed.
+
+        A bad request later in the same bytes (a smuggling attempt, a broken chunk) thus
+        never opens or touches an upstream connection for the request before it.
+        """
+        ustate = self._to_lease
+        if ustate is not None:
+            self._to_lease = None
+            if not self._closed and self._head is not None and self._ustate is None:
+                self._lease(ustate)
 
     def _lease(self, ustate: UpstreamState) -> None:
         route = self._route
@@ -686,6 +712,9 @@ class ClientConnection(asyncio.Protocol):
         self._log_and_count()
         head = self._head
         self._reset()
+        if self._deferred is not None and not self._pending:
+            self._reject(*self._deferred)
+            return
         if self._close_after or self.server.draining or head is None:
             self.flush()
             self._close()
@@ -739,8 +768,18 @@ class ClientConnection(asyncio.Protocol):
         self._local(status, detail, close=close, extra=extra)
 
     def _reject(self, status: int, reason: str) -> None:
-        """Malformed input: answer and close; the request never reaches an upstream."""
+        """Malformed input: answer and close; the request never reaches an upstream.
+
+        Requests pipelined before the bad one (complete, already read) are answered first.
+        """
         self.server.metrics.bad_requests += 1
+        if self._head is not None and self._req_done and self._deferred is None:
+            self._deferred = (status, reason)
+            self.pause_reading(_BY_ERROR)
+            while self._pending and not self._pending[-1].done:
+                self._pending.pop()  # the bad request itself, or one whose body was cut short
+            self._body_pending = None
+            return
         if self._head is not None and self._resp_started:
             self._abort()
             return
