@@ -208,7 +208,7 @@ def test_chunked_upload_and_download(stack, tmp_path):
                   f"http://127.0.0.1:{stack['port']}/echo")
     assert json.loads(result.stdout)["sha256"] == hashlib.sha256(payload).hexdigest()
     result = curl("-i", f"http://127.0.0.1:{stack['port']}/bytes/100000?chunked=1")
-    status, headers, body = split_response(result.stdout)
+    _, headers, body = split_response(result.stdout)
     assert headers.get("transfer-encoding") == "chunked"
     assert body == (bytes(range(256)) * 256 * 2)[:100000]
 
@@ -245,8 +245,10 @@ def test_websocket_through_the_proxy(stack):
 
 
 BAD_REQUESTS = {
-    "cl-and-te": b"POST / HTTP/1.1\r\nHost: rec.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "te-and-cl": b"POST / HTTP/1.1\r\nHost: rec.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+    "cl-and-te": b"POST / HTTP/1.1\r\nHost: rec.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"0\r\n\r\n",
+    "te-and-cl": b"POST / HTTP/1.1\r\nHost: rec.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n"
+                 b"0\r\n\r\n",
     "differing-cl": b"POST / HTTP/1.1\r\nHost: rec.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
     "cl-list": b"POST / HTTP/1.1\r\nHost: rec.test\r\nContent-Length: 3, 3\r\n\r\nabc",
     "te-identity": b"POST / HTTP/1.1\r\nHost: rec.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",

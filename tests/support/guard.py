@@ -33,7 +33,7 @@ def check_destination(host: str) -> None:
     except ValueError:
         if host == "localhost":
             return
-        raise PermissionError(f"test guard: refusing non-literal destination {host!r} from the root namespace")
+        raise PermissionError(f"test guard: refusing non-literal destination {host!r} (root namespace)") from None
     if not address.is_loopback:
         raise PermissionError(f"test guard: refusing {host} from the root namespace (loopback only)")
 
