@@ -24,13 +24,6 @@ def netns_id() -> str:
     return str(os.stat("/proc/self/ns/net").st_ino)
 
 
-def in_root_netns() -> bool:
-    try:
-        return os.stat("/proc/self/ns/net").st_ino == os.stat("/proc/1/ns/net").st_ino
-    except OSError:
-        return True
-
-
 class StateDir:
     def __init__(self, path: str | None = None) -> None:
         base = os.environ.get("EDGE_NET_STATE_DIR") or BASE_DIR
