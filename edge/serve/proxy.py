@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["ClientConnection", "UpstreamConnection", "error_response"]
 
 _REASONS = {
+    308: "Permanent Redirect",
     400: "Bad Request",
     403: "Forbidden",
     404: "Not Found",
@@ -52,6 +53,7 @@ _REASONS = {
 }
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_ACME_PREFIX = b"/.well-known/acme-challenge/"
 _RETAIN_LIMIT = 64 * 1024  # request bodies up to this are kept for the one retry on a stale connection
 _PRE_BUFFER_LIMIT = 256 * 1024  # body buffered while the upstream connects; beyond it, stop reading
 _PIPELINE_LIMIT = 16  # queued pipelined requests before we stop reading the client
@@ -377,6 +379,9 @@ class ClientConnection(asyncio.Protocol):
         self._retained_size = 0
         if not head.keep_alive or server.draining:
             self._close_after = True
+        plain_duties = self.proto == b"http" and (rt.redirect_https or server.acme_http01)
+        if plain_duties and self._plain_listener_answers(head, rt):
+            return
         router = rt.routers.get(self.listener)
         route = router.match(normalize_host(head.host or b""), head.path.decode("latin-1")) if router else None
         if route is None:
@@ -407,6 +412,30 @@ class ClientConnection(asyncio.Protocol):
             self._to_lease = ustate  # see _lease_parsed
         else:
             self._lease(ustate)
+
+    def _plain_listener_answers(self, head: RequestHead, rt: Runtime) -> bool:
+        """ACME http-01 answers, then the 308 to https for ``redirect_https`` listeners."""
+        path = head.path
+        if path.startswith(_ACME_PREFIX):
+            answer = self.server.acme_http01.get(path[len(_ACME_PREFIX) :].decode("latin-1"))
+            if answer is not None:
+                self._status = 200
+                self._resp_started = True
+                self._out.append(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n%s\r\n%s"
+                    % (len(answer), b"Connection: close\r\n" if self._close_after else b"", answer)
+                )
+                self._finish()
+                return True
+            return False
+        port = rt.redirect_https.get(self.listener)
+        if port is None:
+            return False
+        host = normalize_host(head.host or b"").encode("latin-1")
+        authority = host if port == 443 else b"%s:%d" % (host, port)
+        location = b"https://" + authority + head.target
+        self._local(308, "use https", extra=b"Location: " + location + b"\r\n")
+        return True
 
     def _wait_upstream(self) -> None:
         if self._resp_started:

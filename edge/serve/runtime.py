@@ -62,7 +62,7 @@ class RouteRuntime:
 class Runtime:
     """Everything a request needs from the policy, immutable once built."""
 
-    __slots__ = ("limits", "policy", "routers", "routes", "services", "trusted")
+    __slots__ = ("limits", "policy", "redirect_https", "routers", "routes", "services", "trusted")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -71,6 +71,12 @@ class Runtime:
         self.services: dict[str, ServiceRuntime] = {}
         self.routes: list[RouteRuntime] = []
         self.routers: dict[str, Router[RouteRuntime]] = {}
+        # plain listener name -> the https port its 308s point to
+        self.redirect_https: dict[str, int] = {}
+        https_ports = [a.port for lst in policy.listeners.values() if lst.tls is not None for a in lst.listen]
+        for name, listener in policy.listeners.items():
+            if listener.redirect_https and listener.tls is None:
+                self.redirect_https[name] = 443 if not https_ports or 443 in https_ports else https_ports[0]
 
 
 def route_label(index: int, route: Route) -> str:

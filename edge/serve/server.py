@@ -36,6 +36,8 @@ class Server:
         self.unrouted: RouteMetrics = self.metrics.route("")
         self.access_log = AccessLog(policy.access_log.path, policy.access_log.enabled)
         self.connections: set[ClientConnection] = set()
+        # ACME http-01: token -> key authorization, answered on plain listeners (edge.acme fills it)
+        self.acme_http01: dict[str, bytes] = {}
         self.draining = False
         self.wall_offset = time.time() - time.perf_counter()  # access-log wall clock from perf_counter
         self.runtime: Runtime = compile_runtime(policy, loop, self.metrics, UpstreamConnection)
