@@ -44,6 +44,12 @@ def _duration(text: str, minimum: int = 1) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _rounds(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--repeat {text!r}: expected a whole number >= 1")
+    return int(text)
+
+
 def _warmup(text: str) -> int:
     return _duration(text, minimum=0)
 
@@ -73,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=tuple(report.TESTS),
         metavar="LIST",
         help=f"comma-separated tests (default: {','.join(report.TESTS)})",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_rounds,
+        default=1,
+        metavar="N",
+        help="run every test N rounds (interleaved) and report medians (default: 1)",
     )
     parser.add_argument(
         "--edge-policy",
@@ -105,6 +118,7 @@ def options_from(args: argparse.Namespace) -> harness.Options:
     return harness.Options(
         duration_s=QUICK_DURATION_S if args.quick else args.duration,
         warmup_s=0 if args.quick else args.warmup,
+        repeat=args.repeat,
         proxies=args.only,
         tests=args.tests,
         edge_policy=args.edge_policy,

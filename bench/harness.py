@@ -44,6 +44,7 @@ class Options:
 
     duration_s: int = 10
     warmup_s: int = 1
+    repeat: int = 1
     proxies: tuple[str, ...] = peers.PROXIES
     tests: tuple[str, ...] = tuple(report.TESTS)
     edge_policy: Path | None = None
@@ -235,18 +236,22 @@ class _Run:
                     self.wrk(launch, "small", self.options.warmup_s)
                 except (WrkError, subprocess.TimeoutExpired, OSError) as exc:
                     _log(f"{name}: warm-up failed: {exc}")
+        runs: dict[tuple[str, str], list[report.Row]] = {}
+        repeat = self.options.repeat
+        for round_number in range(1, repeat + 1):
+            for test in self.options.tests:
+                for name in self.up:
+                    path, connections = report.TESTS[test]
+                    which = f", round {round_number}/{repeat}" if repeat > 1 else ""
+                    _log(f"{name} {test} (GET {path}, {connections} conn, {self.options.duration_s}s{which})")
+                    runs.setdefault((name, test), []).append(self.measure(name, test))
         for test in self.options.tests:
             for name in self.options.proxies:
                 if name in self.failed:
-                    self.rows.append(
-                        report.Row(
-                            name, test, "skipped" if "skipped" in self.failed[name] else "failed", self.failed[name]
-                        )
-                    )
-                    continue
-                path, connections = report.TESTS[test]
-                _log(f"{name} {test} (GET {path}, {connections} conn, {self.options.duration_s}s)")
-                self.rows.append(self.measure(name, test))
+                    status = "skipped" if self.failed[name].startswith("skipped") else "failed"
+                    self.rows.append(report.Row(name, test, status, self.failed[name]))
+                else:
+                    self.rows.append(report.combine(runs[(name, test)]))
 
     def meta(self, started: datetime) -> dict[str, object]:
         meta: dict[str, object] = {
@@ -255,6 +260,7 @@ class _Run:
             "commit": _git_commit(),
             "duration_s": self.options.duration_s,
             "warmup_s": self.options.warmup_s,
+            "repeat": self.options.repeat,
             "tests": {t: {"path": report.TESTS[t][0], "connections": report.TESTS[t][1]} for t in self.options.tests},
             "wrk_threads": 1,
             "pinning": {"client_cpu": self.client_cpu, "proxy_cpu": self.proxy_cpu},

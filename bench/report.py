@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ __all__ = [
     "TESTS",
     "Row",
     "Target",
+    "combine",
     "format_table",
     "format_time",
     "parse_table",
@@ -57,6 +59,7 @@ class Row:
     client_cpu: float | None = None  # busy fraction of the origin + wrk CPU (None: not pinned)
     proxy_cpu_tasks: float | None = None  # fraction of the proxy's CPU used by any process (not softirq)
     wrk_output: str = ""
+    runs: list[dict[str, float]] = field(default_factory=list)  # each run's numbers when repeated
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,39 @@ TARGETS = (
     ("64k", "rps", ">=", 0.9),
     ("latency", "p50", "<=", 1.5),
 )
+
+
+def combine(runs: list[Row]) -> Row:
+    """The rows of one proxy x test over repeated rounds -> one row: medians of rps, latencies
+    and CPU, errors summed, the worst CPU-contention figures; a failed round fails the row."""
+    if len(runs) == 1:
+        return runs[0]
+    for index, run in enumerate(runs, 1):
+        if run.status != "ok":
+            return Row(run.proxy, run.test, run.status, f"{run.message} (round {index} of {len(runs)})")
+    first = runs[0]
+    detail: dict[str, int] = {}
+    for run in runs:
+        for key, value in run.detail.items():
+            detail[key] = detail.get(key, 0) + value
+    client = [r.client_cpu for r in runs if r.client_cpu is not None]
+    contention = [r.proxy_cpu_tasks for r in runs if r.proxy_cpu_tasks is not None]
+    return Row(
+        first.proxy,
+        first.test,
+        rps=statistics.median(r.rps for r in runs),
+        p50=statistics.median(r.p50 for r in runs),
+        p99=statistics.median(r.p99 for r in runs),
+        errors=sum(r.errors for r in runs),
+        requests=sum(r.requests for r in runs),
+        bytes_per_request=statistics.median(r.bytes_per_request for r in runs),
+        detail=detail,
+        proxy_cpu=statistics.median(r.proxy_cpu for r in runs),
+        client_cpu=max(client) if client else None,
+        proxy_cpu_tasks=max(contention) if contention else None,
+        wrk_output="\n".join(r.wrk_output for r in runs),
+        runs=[{"rps": r.rps, "p50": r.p50, "p99": r.p99, "errors": r.errors, "cpu": r.proxy_cpu} for r in runs],
+    )
 
 
 def format_time(seconds: float) -> str:
@@ -254,7 +290,8 @@ def write_plot(path: Path, rows: list[Row]) -> bool:
             axis.bar([x + i * width for x in range(len(tests))], values, width, label=proxy)
         axis.set_xticks([x + width * (len(proxies) - 1) / 2 for x in range(len(tests))], tests)
         axis.set_ylabel(label)
-    axes[0].legend()
+        axis.set_title(f"{label}, {'higher' if metric == 'rps' else 'lower'} is better")
+    axes[1].legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -90,6 +90,18 @@ def test_table_round_trips_through_parse_table() -> None:
     assert "small    rps  edge/haproxy 0.62 (want >= 0.6)  met" in text
 
 
+def test_repeated_rounds_combine_into_medians_and_summed_errors() -> None:
+    rounds = [
+        report.Row("edge", "small", rps=rps, p50=p50, p99=p99, errors=errors, proxy_cpu=1.0)
+        for rps, p50, p99, errors in ((100, 0.001, 0.004, 0), (300, 0.003, 0.002, 1), (200, 0.002, 0.003, 2))
+    ]
+    row = report.combine(rounds)
+    assert (row.rps, row.p50, row.p99, row.errors) == (200, 0.002, 0.003, 3)
+    assert [r["rps"] for r in row.runs] == [100, 300, 200]
+    rounds[1] = report.Row("edge", "small", "failed", "small: wrk exited 1")
+    assert report.combine(rounds).message == "small: wrk exited 1 (round 2 of 3)"
+
+
 def test_render_fills_braced_placeholders_only_and_rejects_unknown_ones() -> None:
     assert peers.render("listen ${port}; set $host;", {"port": 8080}) == "listen 8080; set $host;"
     with pytest.raises(ValueError, match="origin_prot1"):
