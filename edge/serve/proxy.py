@@ -76,6 +76,20 @@ def error_response(status: int, detail: str, close: bool, extra: bytes = b"") ->
     )
 
 
+_H2: list = []
+
+
+def _h2_protocol():
+    """The HTTP/2 connection class, imported once on first use (edge.serve.h2conn)."""
+    if not _H2:
+        try:
+            from edge.serve.h2conn import H2Connection
+        except ImportError:
+            H2Connection = None
+        _H2.append(H2Connection)
+    return _H2[0]
+
+
 def head_ok(head: RequestHead | None) -> bool:
     """After a response to an upgrade request the upstream connection is never reused."""
     return head is not None and head.upgrade is None
@@ -187,6 +201,13 @@ class ClientConnection(asyncio.Protocol):
 
     # -- transport events ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.proto == b"https":
+            tls = transport.get_extra_info("ssl_object")
+            if tls is not None and tls.selected_alpn_protocol() == "h2" and _h2_protocol() is not None:
+                h2 = _h2_protocol()(self.server, self.listener, self.proto)  # type: ignore[misc]
+                transport.set_protocol(h2)  # type: ignore[attr-defined]
+                h2.connection_made(transport)
+                return
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "unix"

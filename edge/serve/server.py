@@ -13,19 +13,23 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 import time
 
+from edge.ca import ensure_internal
 from edge.policy import Policy, PolicyErrors, load_policy
 from edge.serve.accesslog import AccessLog
 from edge.serve.metrics import Metrics, RouteMetrics
 from edge.serve.proxy import ClientConnection, UpstreamConnection
 from edge.serve.runtime import Runtime, compile_runtime, retired_services
+from edge.tls import HANDSHAKE_TIMEOUT, TlsError, TlsTerminator
 
 __all__ = ["Server"]
 
 log = logging.getLogger("edge.serve")
 
 DRAIN_TIMEOUT = 15.0  # seconds in-flight requests get on SIGTERM before the rest are cut
+CERT_CHECK_INTERVAL = 12 * 3600.0  # internal leaves live 30 days; renewal starts well before
 
 
 class Server:
@@ -41,8 +45,10 @@ class Server:
         self.draining = False
         self.wall_offset = time.time() - time.perf_counter()  # access-log wall clock from perf_counter
         self.runtime: Runtime = compile_runtime(policy, loop, self.metrics, UpstreamConnection)
-        self._listeners: dict[tuple[str, str], asyncio.AbstractServer] = {}
+        self._listeners: dict[tuple[str, str, bytes], asyncio.AbstractServer] = {}
+        self.terminators: dict[str, TlsTerminator] = {}
         self._sweeper: asyncio.Task | None = None
+        self._next_cert_check = loop.time() + CERT_CHECK_INTERVAL
         self._admin = None
         self._stopped = asyncio.Event()
         self.metrics.collectors.append(self._upstream_metrics)
@@ -112,7 +118,7 @@ class Server:
             for error in exc.errors:
                 log.error("reload rejected, keeping the running policy: %s", error)
             return False
-        except OSError as exc:
+        except (OSError, TlsError) as exc:
             self.metrics.reloads["error"] += 1
             log.error("reload rejected, keeping the running policy: %s", exc)
             return False
@@ -127,28 +133,60 @@ class Server:
         log.info("policy reloaded from %s", path)
         return True
 
+    def _sync_tls(self, policy: Policy) -> dict[str, TlsTerminator]:
+        """The TLS terminator of every TLS listener: internal leaves issued or renewed, certs (re)read.
+
+        A listener keeps its terminator (and so its SSL context) across reloads; a broken
+        certificate file keeps the certificate it replaces. Raises TlsError (naming the
+        file) only for a new listener whose certificates cannot load.
+        """
+        terminators: dict[str, TlsTerminator] = {}
+        for name, listener in policy.listeners.items():
+            tls = listener.tls
+            if tls is None:
+                continue
+            leaves, errors = ensure_internal(tls, create_ca=True)
+            for leaf in leaves:
+                if getattr(leaf, "issued", False):
+                    log.info("tls: issued %s from edge's internal CA", leaf.cert_path)
+            for error in errors:
+                log.error("tls: %s", error)
+            current = self.terminators.get(name)
+            if current is not None:
+                current.update(tls)  # logs what it could not load; old certificates stay
+                terminators[name] = current
+            else:
+                terminators[name] = TlsTerminator(tls)
+        return terminators
+
     async def _sync_listeners(self, policy: Policy) -> None:
         """Open missing listener sockets, close removed ones; all or nothing for new ones."""
-        wanted: dict[tuple[str, str], tuple[str, int, bytes]] = {}
+        terminators = self._sync_tls(policy)
+        wanted: dict[tuple[str, str, bytes], tuple[str, int]] = {}
         for name, listener in policy.listeners.items():
             proto = b"https" if listener.tls is not None else b"http"
             for address in listener.listen:
-                wanted[(name, str(address))] = (address.host, address.port, proto)
-        opened: dict[tuple[str, str], asyncio.AbstractServer] = {}
+                wanted[(name, str(address), proto)] = (address.host, address.port)
+        opened: dict[tuple[str, str, bytes], asyncio.AbstractServer] = {}
         try:
-            for key, (host, port, proto) in wanted.items():
+            for key, (host, port) in wanted.items():
                 if key in self._listeners:
                     continue
-                opened[key] = await self._open_listener(key[0], host, port, proto)
+                terminator = terminators.get(key[0])
+                context = terminator.context if terminator is not None else None
+                opened[key] = await self._open_listener(key[0], host, port, key[2], context)
         except OSError:
             for server in opened.values():
                 server.close()
             raise
         self._listeners.update(opened)
+        self.terminators = terminators
         for key in [k for k in self._listeners if k not in wanted]:
             self._listeners.pop(key).close()
 
-    async def _open_listener(self, name: str, host: str, port: int, proto: bytes) -> asyncio.AbstractServer:
+    async def _open_listener(
+        self, name: str, host: str, port: int, proto: bytes, context: ssl.SSLContext | None
+    ) -> asyncio.AbstractServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -161,7 +199,11 @@ class Server:
             raise OSError(exc.errno, f"cannot listen on {host}:{port} for listener {name!r}: {exc.strerror}") from None
         sock.listen(1024)
         sock.setblocking(False)
-        return await self.loop.create_server(lambda: ClientConnection(self, name, proto), sock=sock)
+        if context is None:
+            return await self.loop.create_server(lambda: ClientConnection(self, name, proto), sock=sock)
+        return await self.loop.create_server(
+            lambda: ClientConnection(self, name, proto), sock=sock, ssl=context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+        )
 
     def listening_ports(self, name: str) -> list[int]:
         """The bound ports of a listener (tests listen on port 0... never: they pick free ports)."""
@@ -206,6 +248,20 @@ class Server:
                 for pool in service.pools:
                     if pool.idle:
                         pool.expire(now)
+            if now >= self._next_cert_check:
+                self._next_cert_check = now + CERT_CHECK_INTERVAL
+                self._renew_internal_certificates()
+
+    def _renew_internal_certificates(self) -> None:
+        """Twice a day: renew expiring internal-CA leaves and re-read changed certificate files."""
+        for name, listener in self.policy.listeners.items():
+            terminator = self.terminators.get(name)
+            if listener.tls is None or terminator is None:
+                continue
+            _, errors = ensure_internal(listener.tls)
+            for error in errors:
+                log.error("tls: %s", error)
+            terminator.reload()
 
     def _upstream_metrics(self):
         up = []
