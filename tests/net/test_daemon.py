@@ -41,7 +41,8 @@ def test_run_repairs_drift_blocks_and_reloads(lab, tmp_path) -> None:
     policy = spec_policy(lab, tmp_path, reconcile="300ms", blocklist="2s", socket=sock)
     lab.router.listen("router", 80)
     lab.hosts["prod"].listen("prod", 8080)
-    daemon = router.spawn_edge("net", "run", "-c", policy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    daemon = router.spawn_edge("net", "run", "-c", policy, "--metrics-listen", "127.0.0.1:19902",
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         await_condition(lambda: _ping(sock), timeout=15, what="the control socket")
         assert _listing(router) == _desired_text(policy)
@@ -70,6 +71,15 @@ def test_run_repairs_drift_blocks_and_reloads(lab, tmp_path) -> None:
         await_condition(lambda: _listing(router) == _desired_text(policy), timeout=10, what="drift repair")
         assert "192.0.2.99" in router.nft("list", "set", "inet", "edge", "blocklist").stdout
         assert "2001:db8::99" in router.nft("list", "set", "inet", "edge", "blocklist6").stdout
+
+        # metrics over HTTP (inside the router namespace's own loopback)
+        scrape = router.python(
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:19902/metrics', timeout=5)"
+            ".read().decode())"
+        ).stdout
+        assert 'edge_net_reconciles_total{result="repaired"}' in scrape
+        assert 'edge_net_blocklist_requests_total{op="block"}' in scrape
+        assert 'edge_net_blocklist_entries{set="blocklist6"} 1' in scrape
 
         # SIGHUP reloads the policy file
         strict = spec_policy(lab, tmp_path, reconcile="300ms", blocklist="2s", socket=sock, forward=STRICT_FORWARD)
