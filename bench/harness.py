@@ -239,8 +239,12 @@ class _Run:
         runs: dict[tuple[str, str], list[report.Row]] = {}
         repeat = self.options.repeat
         for round_number in range(1, repeat + 1):
+            # Each round starts with another proxy, so no proxy always runs first (or right after one).
+            names = list(self.up)
+            shift = (round_number - 1) % max(len(names), 1)
+            order = names[shift:] + names[:shift]
             for test in self.options.tests:
-                for name in self.up:
+                for name in order:
                     path, connections = report.TESTS[test]
                     which = f", round {round_number}/{repeat}" if repeat > 1 else ""
                     _log(f"{name} {test} (GET {path}, {connections} conn, {self.options.duration_s}s{which})")

@@ -40,7 +40,7 @@ BODY_SIZES = {"/small": 100, "/64k": 65536}
 REFERENCE = "edge"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     """One proxy x test: measured numbers (seconds for latencies), or why there are none."""
 
