@@ -100,7 +100,10 @@ def main() -> int:
         # control socket latency against a running daemon
         daemon = subprocess.Popen(
             [*inside, sys.executable, "-m", "edge", "net", "run", "-c", policy],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         from edge.net import control
 
@@ -123,12 +126,18 @@ def main() -> int:
         apply_ms = [s * 1000 for s in figures["apply_s"]]
         print("edge net benchmarks (in a fresh network namespace)")
         print(f"  5-zone policy, first apply (links+addresses+table): {figures['first_apply_s'] * 1000:8.1f} ms")
-        print(f"  5-zone policy, table re-apply (median of {len(apply_ms)}):      "
-              f"{statistics.median(apply_ms):8.1f} ms  (max {max(apply_ms):.1f})")
-        print(f"  1,000 block-list entries, one transaction:          "
-              f"{figures['apply_1000_blocklist_s'] * 1000:8.1f} ms  ({figures['blocklist_entries_after']} listed)")
-        print(f"  control socket block (n={len(latencies)}): median {statistics.median(latencies):.2f} ms, "
-              f"p99 {latencies[int(len(latencies) * 0.99) - 1]:.2f} ms, max {latencies[-1]:.2f} ms")
+        print(
+            f"  5-zone policy, table re-apply (median of {len(apply_ms)}):      "
+            f"{statistics.median(apply_ms):8.1f} ms  (max {max(apply_ms):.1f})"
+        )
+        print(
+            f"  1,000 block-list entries, one transaction:          "
+            f"{figures['apply_1000_blocklist_s'] * 1000:8.1f} ms  ({figures['blocklist_entries_after']} listed)"
+        )
+        print(
+            f"  control socket block (n={len(latencies)}): median {statistics.median(latencies):.2f} ms, "
+            f"p99 {latencies[int(len(latencies) * 0.99) - 1]:.2f} ms, max {latencies[-1]:.2f} ms"
+        )
         return 0
     finally:
         if daemon is not None:

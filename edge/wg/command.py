@@ -18,8 +18,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("peer", metavar="PEER", help="peer name (under network.wireguard.IFACE.peers)")
     p.add_argument("--interface", default=None, help="WireGuard interface, when PEER is in several")
     p.add_argument("--private-key-file", default=None, help="the peer's private key, to fill in PrivateKey")
-    p.add_argument("--allowed-ips", default="", help="extra networks the peer routes through the tunnel "
-                   "(comma separated, e.g. 10.0.10.0/24 or 0.0.0.0/0)")
+    p.add_argument(
+        "--allowed-ips",
+        default="",
+        help="extra networks the peer routes through the tunnel (comma separated, e.g. 10.0.10.0/24 or 0.0.0.0/0)",
+    )
     p.add_argument("--qr", action="store_true", help="also print a terminal QR code (for the mobile apps)")
     p.set_defaults(handler=cmd_peer_config)
 

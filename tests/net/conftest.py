@@ -38,17 +38,29 @@ def lab():
         built.destroy()
 
 
-def spec_policy(lab: Lab, tmp_path, *, extra: str = "", forward: str | None = None, blocklist: str = "1h",
-                reconcile: str = "30s", socket: str | None = None) -> str:
+def spec_policy(
+    lab: Lab,
+    tmp_path,
+    *,
+    extra: str = "",
+    forward: str | None = None,
+    blocklist: str = "1h",
+    reconcile: str = "30s",
+    socket: str | None = None,
+) -> str:
     """The SPEC example's network section with the lab's veths instead of VLANs."""
     zones = "\n".join(
         f"    {zone}: {{interfaces: [{lab.ifname[zone]}], address: {lab.router_ip(zone)}/24}}" for zone in ZONES
     )
-    forward = forward if forward is not None else (
-        "    - {from: mgmt,  to: any,        action: accept}\n"
-        "    - {from: prod,  to: [iot, wan], action: accept}\n"
-        "    - {from: guest, to: wan,        action: accept}\n"
-        "    - {from: iot,   to: wan,        action: drop}\n"
+    forward = (
+        forward
+        if forward is not None
+        else (
+            "    - {from: mgmt,  to: any,        action: accept}\n"
+            "    - {from: prod,  to: [iot, wan], action: accept}\n"
+            "    - {from: guest, to: wan,        action: accept}\n"
+            "    - {from: iot,   to: wan,        action: drop}\n"
+        )
     )
     text = (
         "version: 1\n"

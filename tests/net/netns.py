@@ -119,8 +119,21 @@ class Netns:
         """``edge ARGS`` inside this namespace (never in the root one)."""
         assert self.name, "no namespace"
         full_env = dict(os.environ, **(env or {}))
-        return run("ip", "netns", "exec", self.name, PYTHON, "-c", _GUARDED_EDGE, self.name, *args,
-                   check=check, timeout=timeout, cwd=ROOT, env=full_env)
+        return run(
+            "ip",
+            "netns",
+            "exec",
+            self.name,
+            PYTHON,
+            "-c",
+            _GUARDED_EDGE,
+            self.name,
+            *args,
+            check=check,
+            timeout=timeout,
+            cwd=ROOT,
+            env=full_env,
+        )
 
     def spawn_edge(self, *args: str, **kw) -> subprocess.Popen:
         """A long-running ``edge ARGS`` (the daemon) inside this namespace, guarded like ``edge``."""
@@ -128,8 +141,12 @@ class Netns:
 
     def spawn(self, *cmd: str, **kw) -> subprocess.Popen:
         process = subprocess.Popen(
-            ["ip", "netns", "exec", self.name, *cmd], cwd=ROOT, text=True,
-            stdout=kw.pop("stdout", subprocess.PIPE), stderr=kw.pop("stderr", subprocess.PIPE), **kw
+            ["ip", "netns", "exec", self.name, *cmd],
+            cwd=ROOT,
+            text=True,
+            stdout=kw.pop("stdout", subprocess.PIPE),
+            stderr=kw.pop("stderr", subprocess.PIPE),
+            **kw,
         )
         self.processes.append(process)
         return process

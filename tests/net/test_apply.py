@@ -173,4 +173,3 @@ def test_bad_input_exits_2(netns, tmp_path) -> None:
     good.write_text("version: 1\nnetwork:\n  zones:\n    lan: {interfaces: [x0]}\n")
     assert ns.edge("net", "apply", "-c", str(good), "--confirm-within", "soon").returncode == 2
     assert os.path.exists("/run/netns/" + ns.name)
-

@@ -41,8 +41,16 @@ def test_run_repairs_drift_blocks_and_reloads(lab, tmp_path) -> None:
     policy = spec_policy(lab, tmp_path, reconcile="300ms", blocklist="2s", socket=sock)
     lab.router.listen("router", 80)
     lab.hosts["prod"].listen("prod", 8080)
-    daemon = router.spawn_edge("net", "run", "-c", policy, "--metrics-listen", "127.0.0.1:19902",
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    daemon = router.spawn_edge(
+        "net",
+        "run",
+        "-c",
+        policy,
+        "--metrics-listen",
+        "127.0.0.1:19902",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         await_condition(lambda: _ping(sock), timeout=15, what="the control socket")
         assert _listing(router) == _desired_text(policy)
@@ -55,8 +63,9 @@ def test_run_repairs_drift_blocks_and_reloads(lab, tmp_path) -> None:
         added_ms = (time.monotonic() - started) * 1000
         assert lab.host_ip("mgmt") in router.nft("list", "set", "inet", "edge", "blocklist").stdout
         assert mgmt.probe([web], timeout=0.5) == {web: None}
-        await_condition(lambda: mgmt.probe([web], timeout=0.5) == {web: "pong router"}, timeout=10,
-                        what="the block to expire")
+        await_condition(
+            lambda: mgmt.probe([web], timeout=0.5) == {web: "pong router"}, timeout=10, what="the block to expire"
+        )
         assert added_ms < 1000  # a sanity bound, not a benchmark (bench/net_bench.py measures it)
         with pytest.raises(control.ControlError, match="does not appear to be an IPv4 or IPv6 address"):
             control.block(sock, "not-an-ip", 10)

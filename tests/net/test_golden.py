@@ -39,9 +39,9 @@ def test_batch_replaces_only_table_inet_edge(name: str) -> None:
     batch = render.render_batch(desired.ruleset)["nftables"]
     assert batch[1:4] == [{"add": render.table_ref()}, {"delete": render.table_ref()}, {"add": render.table_ref()}]
     for command in batch[1:]:
-        (verb, body), = command.items()
+        ((verb, body),) = command.items()
         assert verb == "add" or body == render.table_ref()
-        (_kind, obj), = body.items()
+        ((_kind, obj),) = body.items()
         assert obj.get("family") == "inet" and obj.get("table", obj.get("name")) == "edge"
         assert "flush" not in json.dumps(command)
 
@@ -62,7 +62,13 @@ def test_blocklist_elements_ride_in_the_same_batch() -> None:
 
 def test_duration_spelling() -> None:
     assert [render.format_duration(s) for s in (0, 59, 60, 3600, 5400, 86400, 90061)] == [
-        "0s", "59s", "1m", "1h", "1h30m", "1d", "1d1h1m1s"
+        "0s",
+        "59s",
+        "1m",
+        "1h",
+        "1h30m",
+        "1d",
+        "1d1h1m1s",
     ]
 
 

@@ -85,25 +85,52 @@ def test_plan_wireguard_peer_changes() -> None:
     desired = _desired()
     key = keys.generate_private_key()
     peer = PeerState(keys.public_key(keys.generate_private_key()), ("10.99.0.2/32",), None, 25)
-    live = _live(render.render_text(desired.ruleset), links=("eth0", "eth1", "eth2", "wg0"),
-                 addresses=[("eth1", "192.168.1.1/24")])
-    live = LiveNet(live.links, live.addresses, live.table_text,
-                   wireguard={"wg0": LiveWireGuard("wg0", "userspace", _device(key, ()))})
+    live = _live(
+        render.render_text(desired.ruleset),
+        links=("eth0", "eth1", "eth2", "wg0"),
+        addresses=[("eth1", "192.168.1.1/24")],
+    )
+    live = LiveNet(
+        live.links,
+        live.addresses,
+        live.table_text,
+        wireguard={"wg0": LiveWireGuard("wg0", "userspace", _device(key, ()))},
+    )
     plan = make_plan(desired, live, {"wg0": _device(key, (peer,))})
     assert len(plan.changes) == 1 and "add peer" in plan.changes[0].detail
-    same = LiveNet(live.links, live.addresses, live.table_text,
-                   wireguard={"wg0": LiveWireGuard("wg0", "userspace", _device(key, (peer,)))})
+    same = LiveNet(
+        live.links,
+        live.addresses,
+        live.table_text,
+        wireguard={"wg0": LiveWireGuard("wg0", "userspace", _device(key, (peer,)))},
+    )
     assert make_plan(desired, same, {"wg0": _device(key, (peer,))}).empty
 
 
 def test_restore_batch_keeps_current_bans_and_drops_handles() -> None:
     listing = [
         {"table": {"family": "inet", "name": "edge", "handle": 3}},
-        {"set": {"family": "inet", "table": "edge", "name": "blocklist", "type": "ipv4_addr", "handle": 4,
-                 "flags": ["timeout"], "timeout": 60, "elem": [{"elem": {"val": "192.0.2.1", "timeout": 60,
-                                                                         "expires": 10}}]}},
-        {"rule": {"family": "inet", "table": "edge", "chain": "input", "handle": 9,
-                  "expr": [{"counter": {"packets": 5, "bytes": 300}}, {"accept": None}]}},
+        {
+            "set": {
+                "family": "inet",
+                "table": "edge",
+                "name": "blocklist",
+                "type": "ipv4_addr",
+                "handle": 4,
+                "flags": ["timeout"],
+                "timeout": 60,
+                "elem": [{"elem": {"val": "192.0.2.1", "timeout": 60, "expires": 10}}],
+            }
+        },
+        {
+            "rule": {
+                "family": "inet",
+                "table": "edge",
+                "chain": "input",
+                "handle": 9,
+                "expr": [{"counter": {"packets": 5, "bytes": 300}}, {"accept": None}],
+            }
+        },
     ]
     old = render.restore_batch(listing)["nftables"]
     assert old[4]["add"]["set"]["elem"] == [{"elem": {"val": "192.0.2.1", "timeout": 10}}]
@@ -136,8 +163,15 @@ def test_handle_validates_and_routes_to_the_right_set() -> None:
     assert control.handle({"op": "ping"}, change) == {"ok": True, "version": 1}
 
 
-@given(st.one_of(st.none(), st.integers(), st.text(), st.lists(st.integers()),
-                 st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=20), st.integers(), st.floats()))))
+@given(
+    st.one_of(
+        st.none(),
+        st.integers(),
+        st.text(),
+        st.lists(st.integers()),
+        st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=20), st.integers(), st.floats())),
+    )
+)
 def test_handle_never_raises(request) -> None:
     reply = control.handle(request, lambda _v, _e: None)
     assert isinstance(reply, dict) and "ok" in reply
@@ -179,14 +213,34 @@ def test_frame_format() -> None:
 def test_metrics_per_zone_pair_and_peer() -> None:
     table = [
         {"set": {"name": "blocklist", "elem": ["192.0.2.1", "192.0.2.2"]}},
-        {"rule": {"chain": "forward", "comment": "forward prod->wan",
-                  "expr": [{"counter": {"packets": 7, "bytes": 700}}, {"accept": None}]}},
-        {"rule": {"chain": "forward", "comment": "forward default drop",
-                  "expr": [{"counter": {"packets": 3, "bytes": 120}}]}},
-        {"rule": {"chain": "input", "comment": "input any", "expr": [{"counter": {"packets": 1, "bytes": 60}},
-                                                                     {"accept": None}]}},
-        {"rule": {"chain": "input", "comment": "input any", "expr": [{"counter": {"packets": 2, "bytes": 60}},
-                                                                     {"accept": None}]}},
+        {
+            "rule": {
+                "chain": "forward",
+                "comment": "forward prod->wan",
+                "expr": [{"counter": {"packets": 7, "bytes": 700}}, {"accept": None}],
+            }
+        },
+        {
+            "rule": {
+                "chain": "forward",
+                "comment": "forward default drop",
+                "expr": [{"counter": {"packets": 3, "bytes": 120}}],
+            }
+        },
+        {
+            "rule": {
+                "chain": "input",
+                "comment": "input any",
+                "expr": [{"counter": {"packets": 1, "bytes": 60}}, {"accept": None}],
+            }
+        },
+        {
+            "rule": {
+                "chain": "input",
+                "comment": "input any",
+                "expr": [{"counter": {"packets": 2, "bytes": 60}}, {"accept": None}],
+            }
+        },
     ]
     peer = PeerState("PK", ("10.99.0.2/32",), last_handshake=1000.0, rx_bytes=10, tx_bytes=20)
     live = LiveNet({}, (), "table", table, {"wg0": LiveWireGuard("wg0", "userspace", DeviceConfig(None, 1, (peer,)))})
@@ -224,8 +278,13 @@ def test_peer_config_for_the_spec_phone(tmp_path) -> None:
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def test_wg_keygen_and_peer_config_cli(tmp_path) -> None:

@@ -11,8 +11,18 @@ from tests.support.privileged import require_tool
 pytestmark = pytest.mark.privileged
 
 
-def _policy(tmp_path, side: str, underlay: str, under_ip: str, wg: str, wg_ip: str, key: str,
-            peer_key: str, peer_ip: str, peer_under: str) -> str:
+def _policy(
+    tmp_path,
+    side: str,
+    underlay: str,
+    under_ip: str,
+    wg: str,
+    wg_ip: str,
+    key: str,
+    peer_key: str,
+    peer_ip: str,
+    peer_under: str,
+) -> str:
     key_file = tmp_path / f"{side}.key"
     key_file.write_text(key + "\n")
     path = tmp_path / f"{side}.yaml"
@@ -32,8 +42,8 @@ def _policy(tmp_path, side: str, underlay: str, under_ip: str, wg: str, wg_ip: s
         f"      endpoint: {under_ip}:51820\n"
         f"      private_key_file: {key_file}\n"
         "      peers:\n"
-        f"        other: {{public_key: \"{peer_key}\", allowed_ips: [{peer_ip}/32], keepalive: 1s,\n"
-        f"                 endpoint: \"{peer_under}:51820\"}}\n"
+        f'        other: {{public_key: "{peer_key}", allowed_ips: [{peer_ip}/32], keepalive: 1s,\n'
+        f'                 endpoint: "{peer_under}:51820"}}\n'
     )
     return str(path)
 

@@ -56,7 +56,9 @@ def test_zone_matrix_input_ports_and_masquerade(lab, tmp_path) -> None:
     lab.hosts["wan"].listen("wan-src", 8082)
     source = lab.hosts["prod"].python(
         "import socket,sys; s=socket.create_connection((sys.argv[1], 8082), 2); s.sendall(b'x');"
-        "print(s.recv(64).decode())", lab.host_ip("wan"))
+        "print(s.recv(64).decode())",
+        lab.host_ip("wan"),
+    )
     assert source.stdout.strip() == "pong wan-src"
     conntrack = lab.router.exec("cat", "/proc/net/nf_conntrack", check=False)
     if conntrack.returncode == 0:
