@@ -192,6 +192,7 @@ def start_userspace(name: str, state_dir: str, wait: float = 5.0) -> int:
 
 
 # -- kernel (netlink) ---------------------------------------------------------------------
+# Written against pyroute2 0.9's WireGuard; not exercised on the test machine (no module).
 def kernel_get(name: str) -> DeviceConfig:
     from pyroute2 import WireGuard
 
@@ -207,7 +208,8 @@ def kernel_get(name: str) -> DeviceConfig:
         for peer in msg.get_attr("WGDEVICE_A_PEERS") or ():
             allowed = []
             for ip in peer.get_attr("WGPEER_A_ALLOWEDIPS") or ():
-                allowed.append(str(ipaddress.ip_network(ip.get_attr("addr"), strict=False)))
+                if ip.get("addr"):
+                    allowed.append(str(ipaddress.ip_network(ip["addr"], strict=False)))
             endpoint = peer.get_attr("WGPEER_A_ENDPOINT")
             handshake = peer.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME") or {}
             psk = _b64(peer.get_attr("WGPEER_A_PRESHARED_KEY"))
@@ -230,9 +232,11 @@ def _b64(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, bytes):
-        import base64
+        if len(value) == 32:  # raw key
+            import base64
 
-        return base64.b64encode(value).decode()
+            return base64.b64encode(value).decode()
+        return value.decode("ascii")  # pyroute2 hands keys over already in base64
     return str(value)
 
 
@@ -247,7 +251,11 @@ def kernel_set(name: str, config: DeviceConfig) -> None:
             if peer.public_key not in wanted:
                 wg.set(name, peer={"public_key": peer.public_key, "remove": True})
         for peer in config.peers:
-            spec: dict = {"public_key": peer.public_key, "allowed_ips": list(peer.allowed_ips)}
+            spec: dict = {
+                "public_key": peer.public_key,
+                "allowed_ips": list(peer.allowed_ips),
+                "replace_allowed_ips": True,
+            }
             if peer.endpoint:
                 address, _, port = resolve_endpoint(peer.endpoint).rpartition(":")
                 spec["endpoint_addr"] = address.strip("[]")
