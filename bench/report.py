@@ -56,8 +56,11 @@ class Row:
     bytes_per_request: float = 0.0
     detail: dict[str, int] = field(default_factory=dict)
     proxy_cpu: float = 0.0  # CPU seconds of the proxy's processes per wall second of the test
-    client_cpu: float | None = None  # busy fraction of the origin + wrk CPU (None: not pinned)
-    proxy_cpu_tasks: float | None = None  # fraction of the proxy's CPU used by any process (not softirq)
+    # Busy fractions of the CPUs (softirq included: loopback traffic is mostly softirq work), and
+    # the share of the proxy's CPU that other processes took. None when not pinned.
+    client_cpu_busy: float | None = None
+    proxy_cpu_busy: float | None = None
+    others_cpu: float | None = None
     wrk_output: str = ""
     runs: list[dict[str, float]] = field(default_factory=list)  # each run's numbers when repeated
 
@@ -104,8 +107,9 @@ def combine(runs: list[Row]) -> Row:
     for run in runs:
         for key, value in run.detail.items():
             detail[key] = detail.get(key, 0) + value
-    client = [r.client_cpu for r in runs if r.client_cpu is not None]
-    contention = [r.proxy_cpu_tasks for r in runs if r.proxy_cpu_tasks is not None]
+    client = [r.client_cpu_busy for r in runs if r.client_cpu_busy is not None]
+    proxy = [r.proxy_cpu_busy for r in runs if r.proxy_cpu_busy is not None]
+    others = [r.others_cpu for r in runs if r.others_cpu is not None]
     return Row(
         first.proxy,
         first.test,
@@ -117,8 +121,9 @@ def combine(runs: list[Row]) -> Row:
         bytes_per_request=statistics.median(r.bytes_per_request for r in runs),
         detail=detail,
         proxy_cpu=statistics.median(r.proxy_cpu for r in runs),
-        client_cpu=max(client) if client else None,
-        proxy_cpu_tasks=max(contention) if contention else None,
+        client_cpu_busy=max(client) if client else None,
+        proxy_cpu_busy=statistics.median(proxy) if proxy else None,
+        others_cpu=max(others) if others else None,
         wrk_output="\n".join(r.wrk_output for r in runs),
         runs=[{"rps": r.rps, "p50": r.p50, "p99": r.p99, "errors": r.errors, "cpu": r.proxy_cpu} for r in runs],
     )
@@ -162,6 +167,8 @@ _HEADER = ("proxy", "test", "rps", "p50", "p99", "errors", "rps e/p", "p50 e/p",
 _WIDTHS = (8, 8, 10, 9, 9, 7, 8, 8, 8, 5)
 # A client CPU this busy means the number is the client's ceiling rather than the proxy's.
 CLIENT_SATURATED = 0.95
+# ... while the proxy's CPU (softirq included) was less busy than this.
+PROXY_IDLE = 0.90
 # Other processes using this much of the proxy's CPU make the row unfit for comparison.
 PROXY_CPU_CONTENDED = 0.10
 
@@ -172,7 +179,7 @@ def _line(cells: tuple[str, ...]) -> str:
 
 def format_table(rows: list[Row]) -> str:
     """The one table: a row per proxy x test, ratios edge/peer (e/p) on the peers' rows, the proxy's
-    CPU use (of one core), then the targets and a note where the client side was saturated."""
+    own CPU use (of one core), then the targets, and notes on rows not to trust."""
     out = [_line(_HEADER)]
     # A proxy that did not run: one line (not one per test), above the measurements.
     out.extend(dict.fromkeys(f"{row.proxy}: {' '.join(row.message.split())}" for row in rows if row.status != "ok"))
@@ -190,15 +197,26 @@ def format_table(rows: list[Row]) -> str:
         for t in judged:
             verdict = "met" if t.met else "MISSED"
             out.append(f"  {t.test:<8} {t.metric:<4} edge/haproxy {t.ratio:.2f} (want {t.op} {t.factor:g})  {verdict}")
-    saturated = [f"{r.proxy} {r.test}" for r in rows if r.status == "ok" and (r.client_cpu or 0) >= CLIENT_SATURATED]
-    if saturated:
-        out.append("")
-        out.append(f"note: the origin + wrk CPU was >= {CLIENT_SATURATED:.0%} busy in: {', '.join(saturated)};")
-        out.append("      where the proxy's cpu is well below 100% too, rps is the client's ceiling, not the proxy's.")
-    contended = [
-        f"{r.proxy} {r.test} ({r.proxy_cpu_tasks - r.proxy_cpu:.0%})"
+    client_bound = [
+        f"{r.proxy} {r.test}"
         for r in rows
-        if r.status == "ok" and r.proxy_cpu_tasks is not None and r.proxy_cpu_tasks - r.proxy_cpu >= PROXY_CPU_CONTENDED
+        if r.status == "ok"
+        and r.client_cpu_busy is not None
+        and r.proxy_cpu_busy is not None
+        and r.client_cpu_busy >= CLIENT_SATURATED
+        and r.proxy_cpu_busy < PROXY_IDLE
+    ]
+    if client_bound:
+        out.append("")
+        out.append(
+            f"note: client-bound (CPU 0 >= {CLIENT_SATURATED:.0%} busy, CPU 1 < {PROXY_IDLE:.0%}): "
+            f"{', '.join(client_bound)};"
+        )
+        out.append("      their rps is the origin + wrk ceiling, not the proxy's.")
+    contended = [
+        f"{r.proxy} {r.test} ({r.others_cpu:.0%})"
+        for r in rows
+        if r.status == "ok" and r.others_cpu is not None and r.others_cpu >= PROXY_CPU_CONTENDED
     ]
     if contended:
         out.append("")
