@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bench import peers, report
+from bench.procs import StartError, Supervisor, free_ports
 from bench.wrk import WrkError, parse_duration_text, parse_wrk
 from tests.support.privileged import require_tool
 
@@ -117,6 +120,41 @@ def test_generated_edge_policy_is_valid_and_points_wrk_at_its_listener(tmp_path:
     assert policy is not None
     assert (launch.host, launch.port) == ("127.0.0.1", 20003)
     assert launch.argv[1:3] == ["serve", "-c"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone for our purpose
+    except FileNotFoundError:
+        return False
+
+
+def _poll(predicate: Callable[[], bool], deadline_s: float = 10.0) -> None:
+    """Readiness poll with a deadline (not a timed wait)."""
+    deadline = time.monotonic() + deadline_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_supervisor_stops_a_child_and_its_workers(tmp_path: Path) -> None:
+    out = tmp_path / "group.out"
+    with Supervisor(tmp_path, grace_s=2.0) as supervisor:
+        child = supervisor.start("group", ["sh", "-c", "sleep 60 & echo $!; wait"])
+        _poll(lambda: out.read_text().endswith("\n"))
+        worker = int(out.read_text())
+        assert _alive(child.process.pid) and _alive(worker)
+    assert not _alive(child.process.pid)
+    assert not _alive(worker)
+
+
+def test_supervisor_reports_a_child_that_exits_with_its_output(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    with Supervisor(tmp_path) as supervisor:
+        child = supervisor.start("broken", ["sh", "-c", "echo 'bad config line 3' >&2; exit 3"])
+        with pytest.raises(StartError, match="exited with status 3: bad config line 3"):
+            supervisor.wait_ready(child, "127.0.0.1", port, deadline_s=10)
 
 
 @pytest.mark.slow
