@@ -146,18 +146,22 @@ def binary(name: str) -> str | None:
 
 
 def listen_address(policy_text: str) -> tuple[str, int]:
-    """The first address of the first listener of an edge policy: where wrk is pointed."""
+    """The first plain-HTTP address of the policy's listeners: where wrk is pointed."""
     data = yaml.safe_load(policy_text) or {}
-    listeners = data.get("listeners") or {}
-    for listener in listeners.values():
-        if (listener or {}).get("tls"):
-            raise ValueError("edge policy: the first listener has tls; --https is not supported yet")
-        for address in (listener or {}).get("listen") or ():
+    saw_tls = False
+    for listener in (data.get("listeners") or {}).values():
+        listener = listener or {}
+        if listener.get("tls"):
+            saw_tls = True  # --https (reserved) will point wrk at these
+            continue
+        addresses = listener.get("listen") or ()
+        for address in [addresses] if isinstance(addresses, str) else addresses:
             host, _, port = str(address).rpartition(":")
             host = host.strip("[]")
-            if host in ("0.0.0.0", "", "::"):
-                host = "127.0.0.1" if host != "::" else "::1"
-            return host, int(port)
+            wildcard = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+            return wildcard.get(host, host), int(port)
+    if saw_tls:
+        raise ValueError("edge policy: only TLS listeners; --https is not supported yet")
     raise ValueError("edge policy: no listener address (listeners.NAME.listen)")
 
 

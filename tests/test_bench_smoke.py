@@ -66,6 +66,17 @@ def test_parse_wrk_rejects_output_without_latency_distribution() -> None:
         parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
 
 
+def test_wrk_is_pointed_at_the_first_plain_listener() -> None:
+    policy = """
+listeners:
+  websecure: {listen: ["127.0.0.1:8443"], tls: {certificates: [{cert: c.pem, key: c.key}]}}
+  web: {listen: ["[::]:8080", "127.0.0.1:8081"]}
+"""
+    assert peers.listen_address(policy) == ("::1", 8080)
+    with pytest.raises(ValueError, match="only TLS listeners"):
+        peers.listen_address("listeners: {s: {listen: ['127.0.0.1:1'], tls: {alpn: [h2]}}}")
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("10", 10), ("10s", 10), ("1m", 60)])
 def test_durations_are_whole_seconds(text: str, seconds: int) -> None:
     assert parse_duration_text(text) == seconds
