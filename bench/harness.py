@@ -324,9 +324,10 @@ def _write_outputs(
     edge_meta = meta.get("edge")
     if isinstance(edge_meta, dict):
         spread = ", ".join(f"{u}: {n}" for u, n in dict(edge_meta.get("access_log_upstreams") or {}).items())
+        where = edge_meta.get("access_log") if options.keep else "a file in the run's temporary directory"
         lines.append(
-            f"edge access log: {edge_meta.get('access_log')} ({edge_meta.get('access_log_lines', '?')} lines"
-            + (f"; by upstream {spread})" if spread else ")")
+            f"edge access log: {edge_meta.get('access_log_lines', '?')} lines ({where})"
+            + (f"; by upstream {spread}" if spread else "")
         )
     png_path = json_path.with_suffix(".png")
     lines.append(f"plot: {png_path}" if report.write_plot(png_path, rows) else "plot: skipped (no matplotlib)")
