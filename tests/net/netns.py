@@ -176,13 +176,19 @@ class Netns:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-        # whatever else runs in our namespace (wireguard-go, a confirm watcher) is ours too
-        pids = run("ip", "netns", "pids", self.name, check=False).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), 9)
-            except (ProcessLookupError, ValueError):
-                pass
+        # whatever else runs in our namespace (wireguard-go, a confirm watcher) is ours too:
+        # SIGTERM first so wireguard-go removes its UAPI socket, then SIGKILL what is left
+        for sig in (15, 9):
+            pids = run("ip", "netns", "pids", self.name, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), sig)
+                except (ProcessLookupError, ValueError):
+                    pass
+            deadline = time.monotonic() + 2
+            while pids and time.monotonic() < deadline:
+                pids = run("ip", "netns", "pids", self.name, check=False).stdout.split()
+                time.sleep(0.02)
         run("ip", "netns", "del", self.name, check=False)
 
 

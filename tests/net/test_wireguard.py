@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from edge.wg import keys
+from edge.wg import device, keys
 from tests.net.netns import await_condition, unique, veth
 from tests.support.privileged import require_tool
 
@@ -48,7 +50,15 @@ def _policy(
     return str(path)
 
 
-def test_tunnel_carries_tcp_after_apply(netns, tmp_path) -> None:
+def _remove_socket(name: str) -> None:
+    """A wireguard-go killed hard leaves its UAPI socket; the names are ours (unique)."""
+    try:
+        os.unlink(device.uapi_path(name))
+    except FileNotFoundError:
+        pass
+
+
+def test_tunnel_carries_tcp_after_apply(netns, tmp_path, request) -> None:
     require_tool("wireguard-go")
     a, b = netns("edgwa"), netns("edgwb")
     veth(a, "ua", b, "ub")
@@ -59,6 +69,7 @@ def test_tunnel_carries_tcp_after_apply(netns, tmp_path) -> None:
     policy_a = _policy(tmp_path, "a", "ua", under_a, wg_a, "10.99.0.1", key_a, pub_b, "10.99.0.2", under_b)
     policy_b = _policy(tmp_path, "b", "ub", under_b, wg_b, "10.99.0.2", key_b, pub_a, "10.99.0.1", under_a)
 
+    request.addfinalizer(lambda: [_remove_socket(n) for n in (wg_a, wg_b)])
     plan = a.edge("net", "plan", "-c", policy_a)
     assert f"link: create {wg_a} (WireGuard)" in plan.stdout, plan.stdout + plan.stderr
     for ns, policy in ((a, policy_a), (b, policy_b)):
