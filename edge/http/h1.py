@@ -103,6 +103,14 @@ class RequestHead:
         self.x_forwarded_host: bytes | None = None
         self.forwarded: bytes | None = None
 
+    def header(self, lname: str) -> str | None:
+        """The first end-to-end header named ``lname`` (lower case), decoded; None if absent."""
+        wanted = lname.encode("latin-1")
+        for index, name in enumerate(self.names):
+            if name == wanted:
+                return self.lines[index][len(name) + 1 : -2].strip().decode("latin-1")
+        return None
+
     @property
     def path(self) -> bytes:
         q = self.target.find(b"?")

@@ -21,8 +21,9 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from edge.http.forwarding import forwarding_lines
+from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import ProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
+from edge.ratelimit import ALLOWED
 from edge.route import normalize_host
 
 if TYPE_CHECKING:
@@ -110,11 +111,13 @@ class _Pending:
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_attempts",
+        "_balance_key",
         "_body_pending",
         "_bytes",
         "_close_after",
         "_closed",
         "_deferred",
+        "_gen",
         "_head",
         "_in_feed",
         "_out",
@@ -137,6 +140,7 @@ class ClientConnection(asyncio.Protocol):
         "_to_lease",
         "_tried",
         "_tunnel",
+        "_uindex",
         "_up",
         "_upstream_label",
         "_ustate",
@@ -197,6 +201,9 @@ class ClientConnection(asyncio.Protocol):
         self._attempts = 0
         self._tried: list[UpstreamState] | None = None
         self._upstream_label: str | None = None
+        self._uindex = -1
+        self._gen = -1
+        self._balance_key: str | None = None
         self._t0 = 0.0
 
     # -- transport events ---------------------------------------------------------------
@@ -414,9 +421,13 @@ class ClientConnection(asyncio.Protocol):
             self._local(413, "request body too large", close=True)
             return
         service = route.service
-        ustate = service.balancer.pick(None)
+        guarded = route.limiter is not None or service.breaker is not None or service.hash_key is not None
+        if guarded and not self._admit(head, rt, route):
+            return
+        ustate = service.balancer.pick(self._balance_key)
         if ustate is None:
-            self._local(503, "no healthy upstream", extra=b"Retry-After: 5\r\n")
+            retry = service.health.retry_after(server.loop.time())
+            self._local(503, "no healthy upstream", extra=b"Retry-After: %d\r\n" % retry)
             return
         if head.upgrade is not None:
             self._close_after = True  # after a refused upgrade the client's byte stream is not HTTP
@@ -433,6 +444,47 @@ class ClientConnection(asyncio.Protocol):
             self._to_lease = ustate  # see _lease_parsed
         else:
             self._lease(ustate)
+
+    def _admit(self, head: RequestHead, rt: Runtime, route: RouteRuntime) -> bool:
+        """Rate limit and circuit breaker; False when the request was answered (429/503)."""
+        server = self.server
+        now = server.loop.time()
+        client = real_client_ip(head, self.peer, rt.trusted)
+        limiter = route.limiter
+        if limiter is not None:
+            decision = limiter.take(limiter.key_spec.key(client, head.header, route.label), now)
+            if decision is not ALLOWED:
+                route.metrics.ratelimited += 1
+                if decision.ban_for > 0:
+                    server.ban(client, decision.ban_for)
+                extra = "".join(f"{name}: {value}\r\n" for name, value in limiter.headers(decision))
+                self._local(429, "rate limited", extra=extra.encode("latin-1"))
+                return False
+        service = route.service
+        breaker = service.breaker
+        if breaker is not None:
+            if not breaker.allow(now):
+                self._local(503, "circuit open", extra=b"Retry-After: %d\r\n" % breaker.retry_after(now))
+                return False
+            self._gen = breaker.generation
+        hash_key = service.hash_key
+        if hash_key is not None:
+            self._balance_key = hash_key.key(client, head.header, route.label)
+        return True
+
+    def _record(self, status: int) -> None:
+        """Tell health and breaker how the upstream did (status 0: no response at all)."""
+        index = self._uindex
+        route = self._route
+        if index < 0 or route is None:
+            return
+        self._uindex = -1
+        service = route.service
+        now = self.server.loop.time()
+        service.health.record_response(index, status, now)
+        breaker = service.breaker
+        if breaker is not None:
+            breaker.record(0 < status < 500, now, self._gen)
 
     def _plain_listener_answers(self, head: RequestHead, rt: Runtime) -> bool:
         """ACME http-01 answers, then the 308 to https for ``redirect_https`` listeners."""
@@ -483,6 +535,7 @@ class ClientConnection(asyncio.Protocol):
         assert route is not None
         ustate.inflight += 1
         self._ustate = ustate
+        self._uindex = ustate.index
         self._upstream_label = ustate.label
         pool = route.service.pools[ustate.index]
         self._pool = pool
@@ -554,6 +607,7 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_failed(self, status: int, reason: str, connect_failure: bool = False) -> None:
         """The lease or the exchange failed before a response head reached the client."""
+        self._record(0)
         if connect_failure and self._retry_elsewhere():
             return
         self._fail(status, reason, close=not self._req_done)
@@ -612,6 +666,7 @@ class ClientConnection(asyncio.Protocol):
             pool.drop_idle()  # its siblings are likely stale too (the upstream restarted)
             pool.acquire(self)
             return
+        self._record(0)
         self._fail(502, "upstream closed the connection", close=not self._req_done)
 
     # -- response side (called by UpstreamConnection) -------------------------------------
@@ -629,6 +684,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._status = status
         self._resp_started = True
+        self._record(status)
         ustate = self._ustate
         if ustate is not None:
             ustate.inflight -= 1
@@ -704,6 +760,7 @@ class ClientConnection(asyncio.Protocol):
         rh = conn.reader_head
         self._status = 101
         self._resp_started = True
+        self._record(101)
         if self._ustate is not None:
             self._ustate.inflight -= 1
             self._ustate = None
@@ -871,6 +928,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._close()
         elif kind == _UPSTREAM:
+            self._record(0)
             self._fail(504, "upstream did not answer in time", close=True)
         elif kind == _POOL:
             self._fail(503, "upstream connection limit reached", close=not self._req_done)

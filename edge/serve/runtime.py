@@ -12,8 +12,11 @@ import asyncio
 from collections.abc import Callable
 
 from edge.balance import Balancer, UpstreamState, make_balancer
+from edge.breaker import Breaker
+from edge.health import ServiceHealth
 from edge.http.forwarding import TrustedProxies
 from edge.policy.model import Policy, Route, Service
+from edge.ratelimit import KeySpec, RateLimiter
 from edge.route import Router
 from edge.serve.metrics import Metrics, RouteMetrics
 from edge.serve.pool import UpstreamPool
@@ -22,13 +25,18 @@ __all__ = ["RouteRuntime", "Runtime", "ServiceRuntime", "compile_runtime"]
 
 
 class ServiceRuntime:
-    __slots__ = ("balancer", "name", "policy", "pools", "response_timeout", "retries", "upstreams")
+    __slots__ = ("balancer", "breaker", "hash_key", "health", "name", "policy", "pools", "response_timeout", "retries",
+                 "upstreams")
 
     def __init__(self, name: str, policy: Service, loop: asyncio.AbstractEventLoop, factory: Callable) -> None:
         self.name = name
         self.policy = policy
         self.upstreams = [UpstreamState(i, u) for i, u in enumerate(policy.upstreams)]
         self.balancer: Balancer = make_balancer(policy, self.upstreams)
+        self.health = ServiceHealth(self.upstreams, policy.health_check)
+        cb = policy.circuit_breaker
+        self.breaker: Breaker | None = Breaker(cb, loop.time()) if cb is not None else None
+        self.hash_key: KeySpec | None = KeySpec(policy.hash_key) if policy.balancer == "hash" else None
         timeouts = policy.timeouts
         self.pools = [
             UpstreamPool(loop, state, policy.max_connections, timeouts.connect, timeouts.idle, factory)
@@ -43,13 +51,16 @@ class ServiceRuntime:
 
 
 class RouteRuntime:
-    __slots__ = ("add_request", "add_response", "label", "metrics", "policy", "service")
+    __slots__ = ("add_request", "add_response", "label", "limiter", "metrics", "policy", "service")
 
-    def __init__(self, label: str, policy: Route, service: ServiceRuntime, metrics: RouteMetrics) -> None:
+    def __init__(
+        self, label: str, policy: Route, service: ServiceRuntime, metrics: RouteMetrics, limiter: RateLimiter | None
+    ) -> None:
         self.label = label
         self.policy = policy
         self.service = service
         self.metrics = metrics
+        self.limiter = limiter
         headers = policy.headers
         self.add_response = b"".join(
             f"{k}: {v}\r\n".encode("latin-1") for k, v in (headers.add_response.items() if headers else ())
@@ -62,13 +73,14 @@ class RouteRuntime:
 class Runtime:
     """Everything a request needs from the policy, immutable once built."""
 
-    __slots__ = ("limits", "policy", "redirect_https", "routers", "routes", "services", "trusted")
+    __slots__ = ("limiters", "limits", "policy", "redirect_https", "routers", "routes", "services", "trusted")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.limits = policy.limits
         self.trusted = TrustedProxies(policy.trusted_proxies)
         self.services: dict[str, ServiceRuntime] = {}
+        self.limiters: dict[str, RateLimiter] = {}
         self.routes: list[RouteRuntime] = []
         self.routers: dict[str, Router[RouteRuntime]] = {}
         # plain listener name -> the https port its 308s point to
@@ -91,16 +103,32 @@ def compile_runtime(
     previous: Runtime | None = None,
 ) -> Runtime:
     runtime = Runtime(policy)
+    now = loop.time()
     old = previous.services if previous is not None else {}
     for name, service in policy.services.items():
         kept = old.get(name)
         if kept is not None and kept.policy == service:
-            runtime.services[name] = kept
-        else:
-            runtime.services[name] = ServiceRuntime(name, service, loop, factory)
+            runtime.services[name] = kept  # pools, health, breaker, in-flight counts: all of it
+            continue
+        fresh = runtime.services[name] = ServiceRuntime(name, service, loop, factory)
+        if kept is not None:  # changed: carry what still applies (health by upstream, breaker state)
+            fresh.health.carry_over(kept.health, now)
+            if fresh.breaker is not None and kept.breaker is not None:
+                fresh.breaker.carry_over(kept.breaker, now)
+    old_limiters = previous.limiters if previous is not None else {}
+    old_limits = previous.policy.rate_limits if previous is not None else {}
+    for name, limit in policy.rate_limits.items():
+        if name in old_limiters and old_limits.get(name) == limit:
+            runtime.limiters[name] = old_limiters[name]  # unchanged: the very same buckets
+            continue
+        limiter = runtime.limiters[name] = RateLimiter(name, limit)
+        if name in old_limiters:
+            limiter.carry_over(old_limiters[name], now)
     for index, route in enumerate(policy.routes):
         label = route_label(index, route)
-        runtime.routes.append(RouteRuntime(label, route, runtime.services[route.service], metrics.route(label)))
+        limiter = runtime.limiters.get(route.rate_limit) if route.rate_limit else None
+        service = runtime.services[route.service]
+        runtime.routes.append(RouteRuntime(label, route, service, metrics.route(label), limiter))
     for listener in policy.listeners:
         entries = [
             (rr.policy.host, rr.policy.path_prefix, rr)

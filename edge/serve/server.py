@@ -19,6 +19,7 @@ import time
 from edge.ca import ensure_internal
 from edge.policy import Policy, PolicyErrors, load_policy
 from edge.serve.accesslog import AccessLog
+from edge.serve.health_checks import ActiveHealthChecks
 from edge.serve.metrics import Metrics, RouteMetrics
 from edge.serve.proxy import ClientConnection, UpstreamConnection
 from edge.serve.runtime import Runtime, compile_runtime, retired_services
@@ -52,6 +53,8 @@ class Server:
         self._admin = None
         self._stopped = asyncio.Event()
         self.metrics.collectors.append(self._upstream_metrics)
+        self.health_checks = ActiveHealthChecks(loop)
+        self._next_limiter_sweep = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -63,6 +66,7 @@ class Server:
             self._admin = AdminServer(self)
             await self._admin.start(self.policy.admin)
         self._sweeper = self.loop.create_task(self._sweep())
+        self.health_checks.sync(self.runtime)
         for sig, handler in ((signal.SIGHUP, self.request_reload), (signal.SIGTERM, self.request_stop),
                              (signal.SIGINT, self.request_stop)):
             try:
@@ -98,6 +102,7 @@ class Server:
             conn.transport.abort()
         for service in self.runtime.services.values():
             service.close()
+        await self.health_checks.stop()
         if self._admin is not None:
             await self._admin.stop()
         if self._sweeper is not None:
@@ -129,6 +134,7 @@ class Server:
         self.access_log.reopen()
         for service in retired_services(old, new):
             service.close()
+        self.health_checks.sync(new)
         self.metrics.reloads["ok"] += 1
         log.info("policy reloaded from %s", path)
         return True
@@ -248,9 +254,32 @@ class Server:
                 for pool in service.pools:
                     if pool.idle:
                         pool.expire(now)
+                for state, health_state in service.health.tick(now):
+                    log.info("service %s upstream %s is %s again", service.name, state.label, health_state.name.lower())
+            if now >= self._next_limiter_sweep:
+                self._next_limiter_sweep = now + 10.0
+                for limiter in self.runtime.limiters.values():
+                    limiter.sweep(now)
             if now >= self._next_cert_check:
                 self._next_cert_check = now + CERT_CHECK_INTERVAL
                 self._renew_internal_certificates()
+
+    def ban(self, address: str, seconds: float) -> None:
+        """Hand a persistent rate-limit offender to ``edge net run``'s block list (off the loop)."""
+        network = self.policy.network
+        if network is None:
+            log.warning("rate limit ban for %s not sent: no network.control_socket in the policy", address)
+            return
+        from edge.net.control import block
+
+        def send() -> None:
+            try:
+                block(network.control_socket, address, seconds)
+                log.info("banned %s for %.0fs via %s", address, seconds, network.control_socket)
+            except Exception as exc:  # the controller may not run; the 429s go on regardless
+                log.warning("ban for %s not sent to %s: %s", address, network.control_socket, exc)
+
+        self.loop.run_in_executor(None, send)
 
     def _renew_internal_certificates(self) -> None:
         """Twice a day: renew expiring internal-CA leaves and re-read changed certificate files."""
@@ -269,3 +298,8 @@ class Server:
             for state in service.upstreams:
                 up.append(({"service": name, "upstream": state.label}, 1.0 if state.healthy else 0.0))
         yield ("edge_upstream_up", "gauge", "1 if the upstream takes traffic, 0 if it is out.", up)
+        circuits = [
+            ({"service": name}, float(service.breaker.metric_value if service.breaker is not None else 0))
+            for name, service in self.runtime.services.items()
+        ]
+        yield ("edge_circuit_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open.", circuits)
