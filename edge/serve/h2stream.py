@@ -1,0 +1,734 @@
+"""One HTTP/2 request stream proxied to an HTTP/1.1 upstream connection from the shared pools.
+
+``H2Stream`` is to a stream what ``ClientConnection`` is to an HTTP/1.1 connection: it routes the
+request, leases from the same ``UpstreamPool`` (so HTTP/1.1 and HTTP/2 clients share upstream
+keep-alive connections, caps and queues), and implements the duck-typed interface the pool and
+``UpstreamConnection`` call: ``upstream_ready/failed``, ``wants_upstream``, ``wait_for_pool``,
+``response_head/body/end``, ``start_tunnel``, ``upstream_lost``, ``flush``,
+``pause_reading/resume_reading``.
+
+Flow control, both ways, per stream (so a slow stream never stalls the others):
+
+- request body: DATA is acknowledged (WINDOW_UPDATE) only once written to the upstream's
+  transport while that transport is below its high-water mark; bytes that arrive before the
+  upstream connection or while it is full stay unacknowledged, so the client's window, not our
+  memory, bounds them (``STREAM_WINDOW`` per stream).
+- response body: sent as the client's window allows; the rest waits in ``out``; above
+  ``OUT_HIGH`` buffered bytes (or while the client's socket is full) the upstream connection
+  of this stream alone stops being read, and resumes on WINDOW_UPDATE.
+
+The stream owns no socket: it calls the h2 state machine and the connection's ``flush``.
+A stream ends when its END_STREAM (or RST_STREAM) was sent, or the client reset it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+
+from edge.http.forwarding import forwarding_lines, real_client_ip
+from edge.http.h1 import RequestHead, ResponseHead
+from edge.route import normalize_host
+from edge.serve.h2head import (
+    H2RequestError,
+    header_pairs,
+    local_response,
+    request_head,
+    response_headers,
+    upstream_request,
+)
+
+if TYPE_CHECKING:
+    from edge.balance import UpstreamState
+    from edge.serve.h2conn import H2Connection
+    from edge.serve.pool import UpstreamPool
+    from edge.serve.proxy import UpstreamConnection
+    from edge.serve.runtime import RouteRuntime, Runtime
+
+__all__ = ["OUT_HIGH", "H2Stream"]
+
+OUT_HIGH = 64 * 1024  # response bytes buffered per stream (client window full) before the upstream is paused
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+_REASONS = {
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    417: "Expectation Failed",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_CONTINUE = [(b":status", b"100")]
+_INF = float("inf")
+_clock = time.perf_counter
+# deadline kinds
+_NONE, _UPSTREAM, _POOL, _BODY, _STREAM = range(5)
+_EXTRA_CACHE: dict[bytes, list[tuple[bytes, bytes]]] = {}
+
+
+def _extra_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """A route's add_response lines as HTTP/2 pairs, parsed once per distinct value."""
+    if not lines:
+        return []
+    pairs = _EXTRA_CACHE.get(lines)
+    if pairs is None:
+        if len(_EXTRA_CACHE) > 256:
+            _EXTRA_CACHE.clear()
+        pairs = _EXTRA_CACHE[lines] = header_pairs(lines)
+    return pairs
+
+
+def _header_getter(head: RequestHead):
+    def get(lname: str) -> str | None:
+        wanted = lname.encode("latin-1")
+        for index, name in enumerate(head.names):
+            if name == wanted:
+                return head.lines[index][len(name) + 1 : -2].strip().decode("latin-1")
+        return None
+
+    return get
+
+
+class H2Stream:
+    __slots__ = (
+        "active",
+        "attempts",
+        "balance_key",
+        "body_size",
+        "bytes",
+        "conn",
+        "deadline",
+        "delimited",
+        "done",
+        "ended",
+        "ending",
+        "gen",
+        "head",
+        "kind",
+        "no_body",
+        "out",
+        "out_size",
+        "pool",
+        "pre",
+        "reading_paused",
+        "req_done",
+        "resp_started",
+        "route",
+        "rt",
+        "sid",
+        "status",
+        "t0",
+        "tried",
+        "uindex",
+        "unacked",
+        "up",
+        "up_full",
+        "upstream_label",
+        "ustate",
+    )
+
+    def __init__(self, conn: H2Connection, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.head: RequestHead | None = None
+        self.rt: Runtime | None = None
+        self.route: RouteRuntime | None = None
+        self.ustate: UpstreamState | None = None
+        self.pool: UpstreamPool | None = None
+        self.up: UpstreamConnection | None = None
+        self.req_done = False
+        self.pre: list[bytes] | None = None
+        self.unacked = 0  # request DATA bytes received but not yet acknowledged to the client
+        self.up_full = False  # the upstream transport is above its high-water mark
+        self.body_size = 0
+        self.status = 0
+        self.resp_started = False
+        self.no_body = False
+        self.delimited = False
+        self.bytes = 0
+        self.t0 = 0.0
+        self.attempts = 0
+        self.tried: list[UpstreamState] | None = None
+        self.upstream_label: str | None = None
+        self.uindex = -1
+        self.gen = -1
+        self.balance_key: str | None = None
+        self.out: deque[bytes] = deque()
+        self.out_size = 0
+        self.ending = False  # END_STREAM goes out after ``out`` drains
+        self.ended = False  # END_STREAM was sent
+        self.done = False  # nothing more to send or receive for this stream
+        self.reading_paused = False  # we paused reading this stream's upstream connection
+        self.deadline = _INF
+        self.kind = _NONE
+        self.active = 0.0
+
+    # -- starting -------------------------------------------------------------------------
+    def start(self, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        conn = self.conn
+        server = conn.server
+        rt = server.runtime
+        self.rt = rt
+        self.req_done = end_stream
+        self.t0 = _clock()
+        try:
+            head = request_head(headers, end_stream, rt.limits.max_header_size)
+        except H2RequestError as exc:
+            server.metrics.bad_requests += 1
+            if exc.reset:
+                self._reset(ErrorCodes.PROTOCOL_ERROR)
+            else:
+                self._local(exc.status, exc.reason)
+            return
+        self.head = head
+        router = rt.routers.get(conn.listener)
+        route = router.match(normalize_host(head.host or b""), head.path.decode("latin-1")) if router else None
+        if route is None:
+            self._local(404, "no route for this host and path")
+            return
+        self.route = route
+        limit = rt.limits.max_body_size
+        if limit is not None and head.content_length and head.content_length > limit:
+            self._local(413, "request body too large")
+            return
+        service = route.service
+        if (
+            getattr(route, "limiter", None) is not None
+            or getattr(service, "breaker", None) is not None
+            or getattr(service, "hash_key", None) is not None
+        ) and not self._admit(head, rt, route):
+            return
+        ustate = service.balancer.pick(self.balance_key)
+        if ustate is None:
+            health = getattr(service, "health", None)
+            retry = health.retry_after(server.loop.time()) if health is not None else 5
+            self._local(503, "no healthy upstream", [(b"retry-after", b"%d" % retry)])
+            return
+        if head.expect_continue and not end_stream:
+            try:
+                conn.h2.send_headers(self.sid, _CONTINUE)
+            except H2Error:
+                pass
+        self.attempts = 1
+        if end_stream:
+            self._wait_upstream()
+        else:
+            self._body_deadline()
+        self._lease(ustate)
+
+    def _admit(self, head: RequestHead, rt: Runtime, route: RouteRuntime) -> bool:
+        """Rate limit and circuit breaker, as the HTTP/1.1 side does; False when answered (429/503)."""
+        from edge.ratelimit import ALLOWED
+
+        conn = self.conn
+        server = conn.server
+        now = server.loop.time()
+        client = real_client_ip(head, conn.peer, rt.trusted)
+        getter = _header_getter(head)
+        limiter = getattr(route, "limiter", None)
+        if limiter is not None:
+            decision = limiter.take(limiter.key_spec.key(client, getter, route.label), now)
+            if decision is not ALLOWED:
+                route.metrics.ratelimited += 1
+                ban = getattr(server, "ban", None)
+                if decision.ban_for > 0 and ban is not None:
+                    ban(client, decision.ban_for)
+                extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in limiter.headers(decision)]
+                self._local(429, "rate limited", extra)
+                return False
+        service = route.service
+        breaker = getattr(service, "breaker", None)
+        if breaker is not None:
+            if not breaker.allow(now):
+                self._local(503, "circuit open", [(b"retry-after", b"%d" % breaker.retry_after(now))])
+                return False
+            self.gen = breaker.generation
+        hash_key = getattr(service, "hash_key", None)
+        if hash_key is not None:
+            self.balance_key = hash_key.key(client, getter, route.label)
+        return True
+
+    def _record(self, status: int) -> None:
+        """Tell health and breaker how the upstream did (status 0: no response at all)."""
+        index = self.uindex
+        route = self.route
+        if index < 0 or route is None:
+            return
+        self.uindex = -1
+        service = route.service
+        now = self.conn.server.loop.time()
+        health = getattr(service, "health", None)
+        if health is not None:
+            health.record_response(index, status, now)
+        breaker = getattr(service, "breaker", None)
+        if breaker is not None:
+            breaker.record(0 < status < 500, now, self.gen)
+
+    def _lease(self, ustate: UpstreamState) -> None:
+        route = self.route
+        assert route is not None
+        ustate.inflight += 1
+        self.ustate = ustate
+        self.uindex = ustate.index
+        self.upstream_label = ustate.label
+        pool = route.service.pools[ustate.index]
+        self.pool = pool
+        pool.acquire(self)  # type: ignore[arg-type]
+
+    # -- deadlines --------------------------------------------------------------------------
+    def _set_deadline(self, when: float, kind: int) -> None:
+        self.deadline = when
+        self.kind = kind
+        conn = self.conn
+        if when < conn.deadline:
+            conn.deadline = when
+
+    def _wait_upstream(self) -> None:
+        if not self.resp_started:
+            route = self.route
+            assert route is not None
+            self._set_deadline(self.conn.server.loop.time() + route.service.response_timeout, _UPSTREAM)
+
+    def _body_deadline(self) -> None:
+        now = self.conn.server.loop.time()
+        self.active = now
+        self._set_deadline(now + self.conn.server.runtime.limits.idle_timeout, _BODY)
+
+    def on_timeout(self, now: float) -> None:
+        kind = self.kind
+        self.deadline = _INF
+        self.kind = _NONE
+        if kind == _UPSTREAM:
+            self._record(0)
+            self._fail(504, "upstream did not answer in time")
+        elif kind == _POOL:
+            self._fail(503, "upstream connection limit reached")
+        elif kind == _BODY:
+            idle = self.conn.server.runtime.limits.idle_timeout
+            if now - self.active < idle:
+                self._set_deadline(self.active + idle, _BODY)
+            else:
+                self._fail(408, "request body stalled")
+        elif kind == _STREAM:
+            route = self.route
+            idle = route.service.policy.timeouts.idle if route is not None else 60.0
+            if now - self.active < idle:
+                self._set_deadline(self.active + idle, _STREAM)
+            else:
+                self._abort(ErrorCodes.CANCEL)
+
+    # -- request body (from the connection's events) ----------------------------------------
+    def request_body(self, data: bytes, flow_len: int) -> None:
+        head = self.head
+        if self.done or head is None or (self.resp_started and self.up is None):
+            self.conn.ack(self.sid, flow_len)
+            return
+        size = len(data)
+        self.body_size += size
+        limit = self.conn.server.runtime.limits.max_body_size
+        if limit is not None and self.body_size > limit:
+            self.conn.ack(self.sid, flow_len)
+            self._fail(413, "request body too large")
+            return
+        if self.kind == _BODY:
+            self.active = self.conn.server.loop.time()
+        if head.chunked:
+            if not size:
+                self.conn.ack(self.sid, flow_len)
+                return
+            data = b"%x\r\n%s\r\n" % (size, data)
+        up = self.up
+        if up is not None:
+            up.transport.write(data)
+            if self.up_full:
+                self.unacked += flow_len
+            else:
+                self.conn.ack(self.sid, flow_len)
+            return
+        pre = self.pre
+        if pre is None:
+            pre = self.pre = []
+        pre.append(data)
+        self.unacked += flow_len
+
+    def request_end(self) -> None:
+        if self.req_done:
+            return
+        self.req_done = True
+        head = self.head
+        if head is None or self.done:
+            return
+        if head.chunked:
+            if self.up is not None:
+                self.up.transport.write(b"0\r\n\r\n")
+            elif not self.resp_started:
+                if self.pre is None:
+                    self.pre = []
+                self.pre.append(b"0\r\n\r\n")
+        if self.kind == _BODY:
+            self._wait_upstream()
+
+    # -- pool callbacks -----------------------------------------------------------------------
+    def wants_upstream(self, pool: UpstreamPool) -> bool:
+        return self.pool is pool and self.up is None and not self.done and self.head is not None
+
+    def wait_for_pool(self, deadline: float) -> None:
+        if self.kind in (_UPSTREAM, _NONE, _BODY):
+            self._set_deadline(deadline, _POOL)
+
+    def upstream_ready(self, up: UpstreamConnection, reused: bool) -> None:
+        self.up = up
+        up.client = self  # type: ignore[assignment]
+        up.reused = reused
+        up.got_bytes = False
+        head = self.head
+        route = self.route
+        assert head is not None and route is not None
+        up.reader.expect_no_body = head.method == b"HEAD"
+        if self.kind == _POOL:
+            if self.req_done:
+                self._wait_upstream()
+            else:
+                self._body_deadline()
+        conn = self.conn
+        data = upstream_request(head, forwarding_lines(head, conn.peer, conn.trusted, conn.proto), route.add_request)
+        pre = self.pre
+        self.up_full = False
+        if pre:
+            self.pre = None
+            up.transport.writelines([data, *pre])
+        else:
+            up.transport.write(data)
+        if self.unacked and not self.up_full:
+            conn.ack(self.sid, self.unacked)
+            self.unacked = 0
+        self.reading_paused = False
+        self.update_reading()
+        conn.flush()
+
+    def upstream_failed(self, status: int, reason: str, connect_failure: bool = False) -> None:
+        """The lease or the exchange failed before a response head reached the client."""
+        self._record(0)
+        if connect_failure and self._retry_elsewhere():
+            return
+        self._fail(status, reason)
+
+    def _retry_elsewhere(self) -> bool:
+        """retries: body-less idempotent requests whose connect failed go to the next candidate."""
+        head = self.head
+        route = self.route
+        if head is None or route is None or self.resp_started or self.done:
+            return False
+        if head.method not in _IDEMPOTENT or self.attempts > route.service.retries or head.has_body():
+            return False
+        failed = self.ustate
+        tried = self.tried or []
+        if failed is not None:
+            tried.append(failed)
+            failed.inflight -= 1
+            self.ustate = None
+        self.tried = tried
+        nxt = next((u for u in route.service.balancer.candidates(None) if u not in tried), None)
+        if nxt is None:
+            return False
+        self.attempts += 1
+        self.pool = None
+        self.up = None
+        self._lease(nxt)
+        return True
+
+    def upstream_lost(self, up: UpstreamConnection) -> None:
+        """The upstream connection closed while serving us."""
+        if self.up is not up:
+            return
+        self.up = None
+        if self.resp_started:
+            if self.delimited:
+                self._send(b"", True)  # a close-delimited body ends with the connection
+            else:
+                self._abort(ErrorCodes.INTERNAL_ERROR)  # truncated: the client must not take it as whole
+            return
+        head = self.head
+        if up.reused and not up.got_bytes and self.attempts == 1 and head is not None and not head.has_body():
+            # A keep-alive connection the upstream closed just as we reused it: retry once, fresh.
+            self.attempts += 1
+            pool = self.pool
+            assert pool is not None
+            pool.drop_idle()
+            pool.acquire(self)  # type: ignore[arg-type]
+            return
+        self._record(0)
+        self._fail(502, "upstream closed the connection")
+
+    def start_tunnel(self, up: UpstreamConnection, rest: bytes) -> None:
+        self._fail(502, "unexpected 101 from upstream")  # we never ask for an upgrade over HTTP/2
+
+    def pause_reading(self, reason: int) -> None:
+        """The upstream's transport is full: stop acknowledging this stream's DATA."""
+        self.up_full = True
+
+    def resume_reading(self, reason: int) -> None:
+        self.up_full = False
+        if self.unacked and self.up is not None:
+            self.conn.ack(self.sid, self.unacked)
+            self.unacked = 0
+            self.conn.flush()
+
+    def flush(self) -> None:
+        self.conn.flush()
+
+    # -- response (from UpstreamConnection) ---------------------------------------------------
+    def response_head(self, rh: ResponseHead) -> None:
+        head = self.head
+        route = self.route
+        if head is None or route is None or self.done:
+            return
+        status = rh.status
+        if status < 200:
+            return  # 100/103 are not relayed; 101 ends in start_tunnel
+        self.status = status
+        self.resp_started = True
+        self._record(status)
+        ustate = self.ustate
+        if ustate is not None:
+            ustate.inflight -= 1
+            self.ustate = None
+        no_body = head.method == b"HEAD" or status == 204 or status == 304
+        self.no_body = no_body
+        self.delimited = not no_body and rh.content_length is None and not rh.chunked
+        headers = response_headers(rh, no_body, _extra_pairs(route.add_response))
+        try:
+            self.conn.h2.send_headers(self.sid, headers, end_stream=no_body)
+        except H2Error:
+            self._abort(ErrorCodes.INTERNAL_ERROR)
+            return
+        now = self.conn.server.loop.time()
+        self.active = now
+        self._set_deadline(now + route.service.policy.timeouts.idle, _STREAM)
+        if no_body:
+            self.ending = True
+            self.ended = True
+            self._complete()
+
+    def response_body(self, data: bytes) -> None:
+        if self.no_body or self.done:
+            return
+        self.bytes += len(data)
+        if self.kind == _STREAM:
+            self.active = self.conn.server.loop.time()
+        self._send(data, False)
+
+    def response_end(self) -> None:
+        if self.head is None or not self.resp_started:
+            return  # 1xx interim responses end here too
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.client = None
+            if self.req_done and not self.delimited and up.keep_alive_ok():
+                assert self.pool is not None
+                self.pool.release(up)
+            else:
+                up.close()
+        if not self.done:
+            self._send(b"", True)
+
+    # -- sending to the client ----------------------------------------------------------------
+    def _send(self, data: bytes, end: bool) -> None:
+        if data:
+            self.out.append(data)
+            self.out_size += len(data)
+        if end:
+            self.ending = True
+        self.send_pending()
+
+    def send_pending(self) -> None:
+        """Send what the client's windows allow; END_STREAM once everything went out."""
+        if self.done:
+            return
+        out = self.out
+        h2c = self.conn.h2
+        sid = self.sid
+        try:
+            if out:
+                window = h2c.local_flow_control_window(sid)
+                frame = h2c.max_outbound_frame_size
+                sent = 0
+                while out and window > 0:
+                    chunk = out[0]
+                    size = len(chunk)
+                    if size <= window and size <= frame:
+                        out.popleft()
+                        h2c.send_data(sid, chunk, end_stream=self.ending and not out)
+                    else:
+                        size = min(window, frame)
+                        h2c.send_data(sid, chunk[:size])
+                        out[0] = chunk[size:]
+                    window -= size
+                    sent += size
+                self.out_size -= sent
+                if sent and self.kind == _STREAM:
+                    self.active = self.conn.server.loop.time()
+                if not out and self.ending:
+                    self.ended = True  # the last DATA frame carried END_STREAM
+            if self.ending and not out and not self.ended:
+                h2c.end_stream(sid)
+                self.ended = True
+        except H2Error:
+            self._abort(ErrorCodes.INTERNAL_ERROR)
+            return
+        if self.ended:
+            self._complete()
+        else:
+            self.update_reading()
+
+    def update_reading(self) -> None:
+        """Read this stream's upstream only while its output fits (and the client's socket drains)."""
+        up = self.up
+        if up is None:
+            return
+        pause = self.out_size > OUT_HIGH or self.conn.write_paused
+        if pause != self.reading_paused:
+            self.reading_paused = pause
+            if pause:
+                up.transport.pause_reading()
+            else:
+                up.transport.resume_reading()
+
+    # -- finishing ------------------------------------------------------------------------------
+    def _complete(self) -> None:
+        """END_STREAM went out: log, and stop the client's upload if it is still going."""
+        self._log_and_count()
+        if not self.req_done:
+            self._reset_quietly(ErrorCodes.NO_ERROR)  # RFC 9113 8.1: a complete response, the rest unread
+        self._release()
+
+    def _release(self) -> None:
+        self.done = True
+        self.deadline = _INF
+        self.kind = _NONE
+        if self.unacked:
+            self.conn.ack(self.sid, self.unacked)  # returns the connection-level window
+            self.unacked = 0
+        self.pre = None
+        self.out.clear()
+        self.conn.stream_done(self)
+
+    def _local(self, status: int, detail: str, extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+        """Answer this stream ourselves (no upstream involved)."""
+        self.status = status
+        self.resp_started = True
+        headers, body = local_response(status, detail, _REASONS.get(status, "Error"), list(extra))
+        head_only = self.head is not None and self.head.method == b"HEAD"
+        try:
+            self.conn.h2.send_headers(self.sid, headers, end_stream=head_only)
+        except H2Error:
+            self._abort(ErrorCodes.INTERNAL_ERROR)
+            return
+        if head_only:
+            self.ending = self.ended = True
+            self._complete()
+        else:
+            self._send(body, True)
+
+    def _fail(self, status: int, detail: str) -> None:
+        """The exchange failed: answer ``status`` if nothing was sent yet, else reset the stream."""
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.client = None
+            up.close()
+        if self.pool is not None:
+            self.pool.cancel_wait(self)  # type: ignore[arg-type]
+        ustate = self.ustate
+        if ustate is not None:
+            ustate.inflight -= 1
+            self.ustate = None
+        if self.done:
+            return
+        if self.resp_started:
+            self._abort(ErrorCodes.INTERNAL_ERROR)
+            return
+        self._local(status, detail)
+
+    def _abort(self, code: int) -> None:
+        """Reset the stream (a truncated or timed-out response); the upstream exchange is cut too."""
+        if self.done:
+            return
+        self._reset_quietly(code)
+        self.cancel()
+        self.conn.stream_done(self)
+
+    def _reset(self, code: int) -> None:
+        self._reset_quietly(code)
+        self._release()
+
+    def _reset_quietly(self, code: int) -> None:
+        try:
+            self.conn.h2.reset_stream(self.sid, code)
+        except H2Error:
+            pass
+
+    def cancel(self) -> None:
+        """The client reset the stream or left: cut the upstream exchange, free what we hold."""
+        if self.done:
+            return
+        self.done = True
+        self.deadline = _INF
+        self.kind = _NONE
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.client = None
+            up.close()  # its state mid-exchange is unknown: never reuse it
+        if self.pool is not None:
+            self.pool.cancel_wait(self)  # type: ignore[arg-type]
+        ustate = self.ustate
+        if ustate is not None:
+            ustate.inflight -= 1
+            self.ustate = None
+        if self.unacked:
+            self.conn.ack(self.sid, self.unacked)
+            self.unacked = 0
+        self.pre = None
+        self.out.clear()
+        self.out_size = 0
+
+    def _log_and_count(self) -> None:
+        head = self.head
+        if head is None:
+            return
+        conn = self.conn
+        server = conn.server
+        now = _clock()
+        duration = now - self.t0
+        status = self.status
+        route = self.route
+        if route is not None:
+            route.metrics.observe(route.service.name, status, duration)
+        else:
+            server.unrouted.observe("", status, duration)
+        log = server.access_log
+        if log.enabled:
+            log.log(
+                (
+                    server.wall_offset + now,
+                    conn.peer,
+                    (head.host or b"").decode("latin-1"),
+                    head.method.decode("latin-1"),
+                    head.target.decode("latin-1"),
+                    status,
+                    self.bytes,
+                    duration,
+                    self.upstream_label,
+                    route.label if route is not None else None,
+                )
+            )
