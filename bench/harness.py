@@ -10,7 +10,9 @@ stopped on the way out (also on Ctrl-C, SIGTERM and exceptions) by ``procs.Super
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -101,6 +103,14 @@ def _write_files(run_dir: Path, files: dict[str, str | bytes]) -> None:
         directory.chmod(0o755)  # nginx workers may run as nobody
 
 
+_PORT_TAKEN = re.compile(r"address already in use|EADDRINUSE|errno 98", re.IGNORECASE)
+
+
+def _port_taken(message: str) -> bool:
+    """Did a start fail because another process bound the port between our pick and its bind?"""
+    return _PORT_TAKEN.search(message) is not None
+
+
 def _version(argv: list[str]) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -154,29 +164,52 @@ class _Run:
         self.up: dict[str, tuple[Child, peers.Launch]] = {}
         self.failed: dict[str, str] = {}
         self.rows: list[report.Row] = []
+        self.loadavg_start = os.getloadavg()
 
     def start_origin(self) -> None:
-        launch = peers.launch_origin(self.ports, self.run_dir)
-        _write_files(self.run_dir, launch.files)
-        child = self.supervisor.start("origin", pinned(launch.argv, self.client_cpu))
-        for port in (self.ports.origin1, self.ports.origin2):
-            self.supervisor.wait_ready(child, "127.0.0.1", port, self.options.start_timeout_s, path="/64k")
+        for attempt in (1, 2):
+            launch = peers.launch_origin(self.ports, self.run_dir)
+            _write_files(self.run_dir, launch.files)
+            child = self.supervisor.start("origin", pinned(launch.argv, self.client_cpu))
+            try:
+                for port in (self.ports.origin1, self.ports.origin2):
+                    self.supervisor.wait_ready(child, "127.0.0.1", port, self.options.start_timeout_s, path="/64k")
+                return
+            except StartError as exc:
+                self.supervisor.stop(child)
+                if attempt == 2 or not _port_taken(str(exc)):
+                    raise
+                _log("origin: a port was taken meanwhile; retrying on fresh ports")
+                origin1, origin2 = free_ports(2)
+                self.ports = dataclasses.replace(self.ports, origin1=origin1, origin2=origin2)
 
     def start_proxy(self, name: str) -> None:
         if peers.binary(name) is None:
             where = "no edge script next to this Python nor on PATH" if name == "edge" else f"no {name} on PATH"
             self.failed[name] = f"skipped: not installed ({where})"
             return
-        try:
-            launch = peers.launch_proxy(name, self.ports, self.run_dir, self.options.edge_policy)
-            _write_files(self.run_dir, launch.files)
-            child = self.supervisor.start(name, pinned(launch.argv, self.proxy_cpu), launch.env)
-            self.supervisor.wait_ready(child, launch.host, launch.port, self.options.start_timeout_s, path="/small")
-        except (StartError, ValueError, OSError) as exc:
-            self.failed[name] = f"failed to start: {' '.join(str(exc).split())[:400]}"
+        for attempt in (1, 2):
+            child = None
+            try:
+                launch = peers.launch_proxy(name, self.ports, self.run_dir, self.options.edge_policy)
+                _write_files(self.run_dir, launch.files)
+                child = self.supervisor.start(name, pinned(launch.argv, self.proxy_cpu), launch.env)
+                self.supervisor.wait_ready(child, launch.host, launch.port, self.options.start_timeout_s, path="/small")
+            except (StartError, ValueError, OSError) as exc:
+                if child is not None:
+                    self.supervisor.stop(child)  # a proxy that never got ready must not idle on CPU 1
+                if attempt == 1 and _port_taken(str(exc)):
+                    _log(f"{name}: a port was taken meanwhile; retrying on fresh ports")
+                    port, admin = free_ports(2)
+                    admin = admin if name == "edge" else self.ports.edge_admin
+                    proxies = {**self.ports.proxies, name: port}
+                    self.ports = dataclasses.replace(self.ports, proxies=proxies, edge_admin=admin)
+                    continue
+                self.failed[name] = f"failed to start: {' '.join(str(exc).split())[:400]}"
+                return
+            self.up[name] = (child, launch)
+            _log(f"{name} ready on {launch.host}:{launch.port}")
             return
-        self.up[name] = (child, launch)
-        _log(f"{name} ready on {launch.host}:{launch.port}")
 
     def wrk(self, launch: peers.Launch, test: str, duration_s: int) -> str:
         path, connections = report.TESTS[test]
@@ -271,7 +304,8 @@ class _Run:
             "wrk_threads": 1,
             "pinning": {"client_cpu": self.client_cpu, "proxy_cpu": self.proxy_cpu},
             "cpus": os.cpu_count(),
-            "loadavg": os.getloadavg(),
+            "loadavg_start": self.loadavg_start,
+            "loadavg_end": os.getloadavg(),
             "versions": _versions(self.options.proxies),
             **self.options.extra_meta,
         }
