@@ -9,6 +9,7 @@ nginx's own ``$variables`` pass through). Pure: renders text and argv, starts no
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -158,8 +159,10 @@ def listen_address(policy_text: str) -> tuple[str, int]:
         for address in [addresses] if isinstance(addresses, str) else addresses:
             host, _, port = str(address).rpartition(":")
             host = host.strip("[]")
-            wildcard = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
-            return wildcard.get(host, host), int(port)
+            host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+            if not ipaddress.ip_address(host).is_loopback:
+                raise ValueError(f"edge policy: listener address {address} is not loopback; the bench stays on lo")
+            return host, int(port)
     if saw_tls:
         raise ValueError("edge policy: only TLS listeners; --https is not supported yet")
     raise ValueError("edge policy: no listener address (listeners.NAME.listen)")

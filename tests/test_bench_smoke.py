@@ -73,6 +73,8 @@ listeners:
   web: {listen: ["[::]:8080", "127.0.0.1:8081"]}
 """
     assert peers.listen_address(policy) == ("::1", 8080)
+    with pytest.raises(ValueError, match="not loopback"):
+        peers.listen_address("listeners: {web: {listen: ['192.0.2.1:80']}}")
     with pytest.raises(ValueError, match="only TLS listeners"):
         peers.listen_address("listeners: {s: {listen: ['127.0.0.1:1'], tls: {alpn: [h2]}}}")
 
