@@ -124,11 +124,12 @@ def test_render_fills_braced_placeholders_only_and_rejects_unknown_ones() -> Non
         peers.render("server 127.0.0.1:${origin_prot1};", {"origin_port1": 1})
 
 
-def test_generated_edge_policy_is_valid_and_points_wrk_at_its_listener(tmp_path: Path) -> None:
+@pytest.mark.parametrize("template", [None, peers.CONFIG_DIR / "edge-all.yaml"], ids=["default", "edge-all"])
+def test_generated_edge_policy_is_valid_and_points_wrk_at_its_listener(tmp_path: Path, template: Path | None) -> None:
     from edge.policy import parse_policy
 
     ports = peers.RunPorts(origin1=20001, origin2=20002, proxies={"edge": 20003}, edge_admin=20004)
-    launch = peers.launch_proxy("edge", ports, tmp_path)
+    launch = peers.launch_proxy("edge", ports, tmp_path, template)
     policy = parse_policy(launch.files["edge.yaml"], "edge.yaml")
     assert policy is not None
     assert (launch.host, launch.port) == ("127.0.0.1", 20003)
