@@ -10,7 +10,8 @@ Invariants:
 - a failure never loses a certificate that still serves: a renewal that fails leaves
   ``not_after`` as it was and only moves ``next_check`` by the backoff;
 - renewal starts when ``RENEW_BEFORE`` (30 days) remain, or half the lifetime for certificates
-  shorter than 60 days, so a 6-day certificate does not renew on every check.
+  shorter than 60 days, so a 6-day certificate does not renew on every check; and a certificate
+  just issued is never due before ``REISSUE_GAP``, whatever the clock says.
 
 Knows nothing of the ``acme`` package, the terminator or the storage layout.
 """
@@ -30,6 +31,9 @@ RENEW_BEFORE = dt.timedelta(days=30)
 # first retry waits 5 minutes and each next one twice as long, up to a twice-daily attempt.
 RETRY_FIRST = dt.timedelta(minutes=5)
 RETRY_MAX = dt.timedelta(hours=12)
+# A certificate due for renewal the moment it is issued (the CA's lifetime is shorter than the
+# renewal margin, or the clock is wrong) is not ordered again before this: no order loop.
+REISSUE_GAP = dt.timedelta(hours=12)
 # Even with nothing due the shell looks again this often: clocks jump, files get deleted.
 CHECK_INTERVAL = dt.timedelta(hours=12)
 
@@ -106,7 +110,10 @@ def advance(
         if validity is None:
             raise ValueError("ISSUED needs the new certificate's validity")
         fresh = replace(status, not_before=validity[0], not_after=validity[1], failures=0, error=None, last_issued=now)
-        return _scheduled(fresh, now, renew_before)
+        scheduled = _scheduled(fresh, now, renew_before)
+        if scheduled.state is HostState.DUE:  # due at birth: a wrong clock, or a CA's short lifetime
+            return replace(scheduled, state=HostState.VALID, next_check=now + REISSUE_GAP)
+        return scheduled
     if event is Event.FAILED:
         failures = status.failures + 1
         return replace(
