@@ -27,7 +27,17 @@ from pathlib import Path
 from typing import TextIO
 
 from bench import peers, report
-from bench.procs import Child, CpuMeter, StartError, Supervisor, free_ports, pinned, session_cpu_seconds
+from bench.procs import (
+    Child,
+    CpuMeter,
+    StartError,
+    Supervisor,
+    clip,
+    describe_exit,
+    free_ports,
+    pinned,
+    session_cpu_seconds,
+)
 from bench.wrk import WrkError, parse_wrk, wrk_argv
 
 __all__ = ["CLIENT_CPU", "PROXY_CPU", "RESULTS_DIR", "Options", "run"]
@@ -205,7 +215,7 @@ class _Run:
                     proxies = {**self.ports.proxies, name: port}
                     self.ports = dataclasses.replace(self.ports, proxies=proxies, edge_admin=admin)
                     continue
-                self.failed[name] = f"failed to start: {' '.join(str(exc).split())[:400]}"
+                self.failed[name] = f"failed to start: {clip(str(exc))}"
                 return
             self.up[name] = (child, launch)
             _log(f"{name} ready on {launch.host}:{launch.port}")
@@ -217,13 +227,19 @@ class _Run:
         argv = pinned(wrk_argv(f"http://{host}:{launch.port}{path}", connections, duration_s), self.client_cpu)
         done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
         if done.returncode != 0:
-            raise WrkError(f"wrk exited {done.returncode}: {(done.stderr or done.stdout).strip()[:300]}")
+            raise WrkError(f"wrk {describe_exit(done.returncode)}: {clip(done.stderr or done.stdout, 300)}")
         return done.stdout
+
+    def _died(self, name: str, child: Child, when: str) -> str:
+        """Record that a proxy is gone (it is not measured again) and say how, with its last words."""
+        tail = clip(child.log_tail(3))
+        self.failed[name] = f"{describe_exit(child.exited() or 0)} {when}" + (f": {tail}" if tail else "")
+        return self.failed[name]
 
     def measure(self, name: str, test: str) -> report.Row:
         child, launch = self.up[name]
         if child.exited() is not None:
-            return report.Row(name, test, "failed", f"died (status {child.exited()}): {child.log_tail(3)}")
+            return report.Row(name, test, "failed", self._died(name, child, f"before {test}"))
         pinned_cpus = () if self.client_cpu is None or self.proxy_cpu is None else (self.client_cpu, self.proxy_cpu)
         meter = CpuMeter(pinned_cpus)
         cpu_before, started = session_cpu_seconds(child.process.pid), time.monotonic()
@@ -232,11 +248,11 @@ class _Run:
             output = self.wrk(launch, test, self.options.duration_s)
             result = parse_wrk(output)
         except (WrkError, subprocess.TimeoutExpired, OSError) as exc:
-            return report.Row(name, test, "failed", f"{test}: {' '.join(str(exc).split())[:300]}")
+            return report.Row(name, test, "failed", f"{test}: {clip(str(exc), 300)}")
         busy = meter.stop()
         proxy_cpu = (session_cpu_seconds(child.process.pid) - cpu_before) / (time.monotonic() - started)
         if child.exited() is not None:
-            return report.Row(name, test, "failed", f"died during {test} (status {child.exited()})")
+            return report.Row(name, test, "failed", self._died(name, child, f"during {test}"))
         detail = dict(result.socket_errors, non_2xx_3xx=result.non_2xx_3xx)
         expected = report.BODY_SIZES[report.TESTS[test][0]]
         # wrk rounds "MB read" to 2 decimals (up to 0.5% off): allow 1% before calling it short.
@@ -280,17 +296,19 @@ class _Run:
             order = names[shift:] + names[:shift]
             for test in self.options.tests:
                 for name in order:
+                    if name in self.failed:
+                        continue  # died earlier in the run
                     path, connections = report.TESTS[test]
                     which = f", round {round_number}/{repeat}" if repeat > 1 else ""
                     _log(f"{name} {test} (GET {path}, {connections} conn, {self.options.duration_s}s{which})")
                     runs.setdefault((name, test), []).append(self.measure(name, test))
         for test in self.options.tests:
             for name in self.options.proxies:
-                if name in self.failed:
+                if (name, test) in runs:
+                    self.rows.append(report.combine(runs[(name, test)]))
+                else:
                     status = "skipped" if self.failed[name].startswith("skipped") else "failed"
                     self.rows.append(report.Row(name, test, status, self.failed[name]))
-                else:
-                    self.rows.append(report.combine(runs[(name, test)]))
 
     def meta(self, started: datetime) -> dict[str, object]:
         meta: dict[str, object] = {

@@ -21,7 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Child", "CpuMeter", "StartError", "Supervisor", "free_ports", "pinned", "session_cpu_seconds"]
+__all__ = [
+    "Child",
+    "CpuMeter",
+    "StartError",
+    "Supervisor",
+    "clip",
+    "describe_exit",
+    "free_ports",
+    "pinned",
+    "session_cpu_seconds",
+]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -35,6 +45,25 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
+
+
+def describe_exit(code: int) -> str:
+    """Popen's return code in words: ``exited with status 2`` or ``killed by SIGTERM``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def clip(text: str, limit: int = 400) -> str:
+    """One line of at most ``limit`` characters, keeping the start and the end (where errors are)."""
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    head = limit // 4
+    return f"{line[:head]} ... {line[len(line) - (limit - head - 5) :]}"
 
 
 def pinned(argv: list[str], cpu: int | None) -> list[str]:
@@ -120,7 +149,7 @@ class Supervisor:
         while time.monotonic() < deadline:
             code = child.exited()
             if code is not None:
-                raise StartError(f"exited with status {code}: {child.log_tail() or '(no output)'}")
+                raise StartError(f"{describe_exit(code)}: {child.log_tail() or '(no output)'}")
             try:
                 if path is None:
                     with socket.create_connection((host, port), timeout=0.5):
