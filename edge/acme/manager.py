@@ -310,11 +310,14 @@ class AcmeManager:
         key = await self._run(self.storage.account_key)
         client = AcmeClient(self.acme.directory, key, email=self.acme.email, ca_bundle=self.acme.ca_bundle)
         uri = await self._run(client.register)
-        record = {"directory": self.acme.directory, "uri": uri, "email": self.acme.email}
-        if self.storage.account_record() != record:
-            await self._run(self.storage.save_account_record, record)
+        await self._run(self._remember_account, uri)
         self._client = client
         log.info("acme %s: account %s at %s", self.listener, uri, self.acme.directory)
+
+    def _remember_account(self, uri: str) -> None:
+        record = {"directory": self.acme.directory, "uri": uri, "email": self.acme.email}
+        if self.storage.account_record() != record:
+            self.storage.save_account_record(record)
 
     async def _attempt(self, host: str) -> None:
         self._set(host, advance(self._status[host], Event.STARTED, self._clock()))

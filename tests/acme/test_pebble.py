@@ -104,8 +104,8 @@ class Stack:
         """Handshake with the TLS listener as a browser would, trusting only Pebble's root."""
         root = await asyncio.get_running_loop().run_in_executor(None, self.pebble.issuing_root)
         ctx = ssl.create_default_context(cadata=root.decode())
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.pebble.tls_port, ssl=ctx,
-                                                       server_hostname=host)
+        _, writer = await asyncio.open_connection("127.0.0.1", self.pebble.tls_port, ssl=ctx,
+                                                  server_hostname=host)
         try:
             der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         finally:
