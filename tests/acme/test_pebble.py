@@ -319,3 +319,30 @@ def test_ca_bundle_decides_whether_the_directory_is_trusted(pebble: Pebble, tmp_
     error = status.host(host).error or ""
     assert "CERTIFICATE_VERIFY_FAILED" in error or "certificate verify failed" in error, error
     assert status.account is None
+
+
+def test_a_reload_adds_hosts_and_stop_withdraws_answers_in_flight(pebble: Pebble, tmp_path: Path) -> None:
+    first, added = "one.reload.acme.test", "two.reload.acme.test"
+
+    async def scenario() -> tuple[AcmeStatus, dict[str, bytes], Stack]:
+        async with edge_with_acme(pebble, tmp_path, first) as stack:
+            await stack.host_state(first, HostState.VALID)
+            policy = parse_policy(POLICY.format(
+                access_log=stack.access_log, http_port=pebble.http_port, tls_port=pebble.tls_port,
+                directory=pebble.directory, storage=stack.storage, challenge="http-01", ca_bundle=pebble.ca_bundle,
+                host=first,
+            ).replace("routes:\n", f"routes:\n  - {{service: app, host: {added}}}\n"))
+            stack.manager.update_policy(policy)
+            status = await stack.host_state(added, HostState.VALID)
+            assert (await stack.served_certificate(added)).not_valid_after_utc == status.host(added).not_after
+            # a third host: stop while its order is in flight
+            third = "three.reload.acme.test"
+            stack.manager.update_hosts([first, added, third])
+            await stack.host_state(third, HostState.ISSUING)
+            await stack.manager.stop()
+            return status, dict(stack.server.acme_http01), stack
+
+    status, answers_after_stop, stack = run(scenario)
+    assert [h.host for h in status.hosts] == ["two.reload.acme.test", "one.reload.acme.test"]
+    assert answers_after_stop == {}
+    assert sorted(d[0] for d in stack.delivered) == [first, added]
