@@ -157,6 +157,10 @@ class AcmeManager:
         self._renew_before = renew_before
         self._clock = clock
         self._skipped = tuple(skipped)
+        if self.acme.challenge == TLS_ALPN01 and tls.client_ca:
+            # OpenSSL keeps the listener's verify mode for the validation handshake, and the CA
+            # has no client certificate: TLS 1.2 validations fail, TLS 1.3 ones may.
+            log.warning("acme %s: tls-alpn-01 on a listener with client_ca is unreliable; use http-01", listener)
         now = clock()
         self._status: dict[str, HostStatus] = {h: new_host(h, now) for h in dict.fromkeys(hosts)}
         self._stored: dict[str, StoredCertificate] = {}
