@@ -265,6 +265,11 @@ class AcmeManager:
             if (s := self._stored.get(h)) is not None
         )
 
+    def serving_tls(self) -> Tls:
+        """The listener's ``tls`` with the ACME certificates after the policy's own: what its
+        ``TlsTerminator`` should load (``terminator.update(manager.serving_tls())``)."""
+        return replace(self.tls, certificates=self.tls.certificates + self.certificates())
+
     async def wait_until(self, predicate: Callable[[AcmeStatus], bool]) -> AcmeStatus:
         """Wait for a status change that satisfies ``predicate`` (tests, ``edge`` CLI)."""
         while True:

@@ -16,7 +16,7 @@ import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,13 +159,11 @@ async def edge_with_acme(
         server.acme_http01 = http01
     await server.start()
     terminator = server.terminators["websecure"]
-    tls = policy.listeners["websecure"].tls
-    assert tls is not None
     delivered: list[tuple[str, Path, Path]] = []
 
     def on_certificate(name: str, cert: Path, key: Path) -> None:  # what edge serve does
         delivered.append((name, cert, key))
-        errors = terminator.update(replace(tls, certificates=tls.certificates + manager.certificates()))
+        errors = terminator.update(manager.serving_tls())
         assert not errors, errors
 
     manager = AcmeManager.for_listener(policy, "websecure", server.acme_http01, terminator,
