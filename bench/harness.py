@@ -35,6 +35,7 @@ from bench.procs import (
     clip,
     describe_exit,
     free_ports,
+    get,
     pinned,
     session_cpu_seconds,
 )
@@ -112,6 +113,9 @@ def _write_files(run_dir: Path, files: dict[str, str | bytes]) -> None:
     for directory in {(run_dir / r).parent for r in files}:
         directory.chmod(0o755)  # nginx workers may run as nobody
 
+
+# nginx stub_status: "Active connections: 1 \nserver accepts handled requests\n 10 10 52 \n..."
+_STUB_STATUS = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", re.MULTILINE)
 
 _PORT_TAKEN = re.compile(r"address already in use|EADDRINUSE|errno 98", re.IGNORECASE)
 
@@ -236,10 +240,20 @@ class _Run:
         self.failed[name] = f"{describe_exit(child.exited() or 0)} {when}" + (f": {tail}" if tail else "")
         return self.failed[name]
 
+    def origin_counters(self) -> tuple[int, int] | None:
+        """The origin's (accepted connections, requests) so far, from nginx's stub_status."""
+        try:
+            body = get(self.ports.origin1, "/origin-status")
+        except OSError:
+            return None
+        match = _STUB_STATUS.search(body)
+        return (int(match.group(1)), int(match.group(3))) if match else None
+
     def measure(self, name: str, test: str) -> report.Row:
         child, launch = self.up[name]
         if child.exited() is not None:
             return report.Row(name, test, "failed", self._died(name, child, f"before {test}"))
+        origin_before = self.origin_counters()
         pinned_cpus = () if self.client_cpu is None or self.proxy_cpu is None else (self.client_cpu, self.proxy_cpu)
         meter = CpuMeter(pinned_cpus)
         cpu_before, started = session_cpu_seconds(child.process.pid), time.monotonic()
@@ -251,6 +265,11 @@ class _Run:
             return report.Row(name, test, "failed", f"{test}: {clip(str(exc), 300)}")
         busy = meter.stop()
         proxy_cpu = (session_cpu_seconds(child.process.pid) - cpu_before) / (time.monotonic() - started)
+        origin_after = self.origin_counters()
+        origin: tuple[int, int] | None = None
+        if origin_before is not None and origin_after is not None:
+            # minus the status request's own connection and request
+            origin = (origin_after[0] - origin_before[0] - 1, origin_after[1] - origin_before[1] - 1)
         if child.exited() is not None:
             return report.Row(name, test, "failed", self._died(name, child, f"during {test}"))
         detail = dict(result.socket_errors, non_2xx_3xx=result.non_2xx_3xx)
@@ -274,6 +293,8 @@ class _Run:
             proxy_cpu_busy=busy[self.proxy_cpu][0] if self.proxy_cpu in busy else None,
             others_cpu=max(0.0, busy[self.proxy_cpu][1] - proxy_cpu) if self.proxy_cpu in busy else None,
             wrk_output=output,
+            upstream_connections=origin[0] if origin else None,
+            origin_requests=origin[1] if origin else None,
         )
 
     def execute(self) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "clip",
     "describe_exit",
     "free_ports",
+    "get",
     "pinned",
     "session_cpu_seconds",
 ]
@@ -262,6 +263,18 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def get(port: int, path: str, host: str = "127.0.0.1") -> str:
+    """GET ``path`` on a fresh connection; the body as text (raises OSError on failure)."""
+    connection = http.client.HTTPConnection(host, port, timeout=2.0)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().read().decode("latin-1")
+    except http.client.HTTPException as exc:
+        raise OSError(str(exc)) from exc
+    finally:
+        connection.close()
 
 
 def _get_status(host: str, port: int, path: str) -> int:

@@ -63,6 +63,10 @@ class Row:
     others_cpu: float | None = None
     wrk_output: str = ""
     runs: list[dict[str, float]] = field(default_factory=list)  # each run's numbers when repeated
+    # From the origin's stub_status around the test: connections the proxy opened to it, and
+    # requests it forwarded. None when the origin could not be asked.
+    upstream_connections: int | None = None
+    origin_requests: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,8 @@ def combine(runs: list[Row]) -> Row:
     client = [r.client_cpu_busy for r in runs if r.client_cpu_busy is not None]
     proxy = [r.proxy_cpu_busy for r in runs if r.proxy_cpu_busy is not None]
     others = [r.others_cpu for r in runs if r.others_cpu is not None]
+    opened = [r.upstream_connections for r in runs if r.upstream_connections is not None]
+    forwarded = [r.origin_requests for r in runs if r.origin_requests is not None]
     return Row(
         first.proxy,
         first.test,
@@ -124,6 +130,8 @@ def combine(runs: list[Row]) -> Row:
         client_cpu_busy=max(client) if client else None,
         proxy_cpu_busy=statistics.median(proxy) if proxy else None,
         others_cpu=max(others) if others else None,
+        upstream_connections=sum(opened) if len(opened) == len(runs) else None,
+        origin_requests=sum(forwarded) if len(forwarded) == len(runs) else None,
         wrk_output="\n".join(r.wrk_output for r in runs),
         runs=[{"rps": r.rps, "p50": r.p50, "p99": r.p99, "errors": r.errors, "cpu": r.proxy_cpu} for r in runs],
     )
@@ -169,6 +177,8 @@ _WIDTHS = (8, 8, 10, 9, 9, 7, 8, 8, 8, 5)
 CLIENT_SATURATED = 0.95
 # ... while the proxy's CPU (softirq included) was less busy than this.
 PROXY_IDLE = 0.90
+# More new upstream connections than this share of requests: the proxy is not reusing them.
+UPSTREAM_REUSE_MISSING = 0.01
 # Other processes using this much of the proxy's CPU make the row unfit for comparison.
 PROXY_CPU_CONTENDED = 0.10
 
@@ -213,6 +223,17 @@ def format_table(rows: list[Row]) -> str:
             f"{', '.join(client_bound)};"
         )
         out.append("      their rps is the origin + wrk ceiling, not the proxy's.")
+    reconnecting = [
+        f"{r.proxy} {r.test} ({r.upstream_connections:,} for {r.requests:,} requests)"
+        for r in rows
+        if r.status == "ok"
+        and r.upstream_connections is not None
+        and r.upstream_connections > max(100, UPSTREAM_REUSE_MISSING * r.requests)
+    ]
+    if reconnecting:
+        out.append("")
+        out.append(f"note: new connections to the origin during: {', '.join(reconnecting)};")
+        out.append("      upstream keep-alive is not working for those.")
     contended = [
         f"{r.proxy} {r.test} ({r.others_cpu:.0%})"
         for r in rows
