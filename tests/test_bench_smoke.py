@@ -106,6 +106,19 @@ def test_table_round_trips_through_parse_table() -> None:
     assert "small    rps  edge/haproxy 0.62 (want >= 0.6)  met" in text
 
 
+def test_table_flags_rows_not_to_trust() -> None:
+    rows = [
+        report.Row("edge", "small", rps=50000, p50=0.001, p99=0.002, requests=500000, upstream_connections=400000),
+        report.Row("haproxy", "small", rps=20000, p50=0.001, p99=0.002, client_cpu_busy=1.0, proxy_cpu_busy=0.5),
+        report.Row("nginx", "small", rps=70000, p50=0.001, p99=0.002, proxy_cpu=0.6, others_cpu=0.3),
+    ]
+    text = report.format_table(rows)
+    assert "new connections to the origin during: edge small (400,000 for 500,000 requests)" in text
+    assert "client-bound" in text and "haproxy small" in text
+    assert "other processes used the proxy's CPU during: nginx small (30%)" in text
+    assert len(report.parse_table(text)) == 3
+
+
 def test_repeated_rounds_combine_into_medians_and_summed_errors() -> None:
     rounds = [
         report.Row("edge", "small", rps=rps, p50=p50, p99=p99, errors=errors, proxy_cpu=1.0)
