@@ -89,7 +89,8 @@ def test_hop_by_hop_and_forwarding_headers_are_taken_out():
 
 
 def test_chunked_body_decoded():
-    events = both(b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n")
+    events = both(b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n")
     assert events[0][7] is True
     assert events[1:] == [("body", b"abcde"), ("end",)]
 
@@ -201,7 +202,8 @@ def test_valid_requests_round_trip_whole_and_bytewise(path, headers, body, chunk
         data = b"POST /" + path.encode() + b" HTTP/1.1\r\nHost: h\r\n" + lines + b"Transfer-Encoding: chunked\r\n\r\n"
     else:
         framed = body
-        data = b"POST /" + path.encode() + b" HTTP/1.1\r\nHost: h\r\n" + lines + b"Content-Length: %d\r\n\r\n" % len(body)
+        length = b"Content-Length: %d\r\n\r\n" % len(body)
+        data = b"POST /" + path.encode() + b" HTTP/1.1\r\nHost: h\r\n" + lines + length
     events = both(data + framed)
     assert events[0][5] == lines
     got = b"".join(e[1] for e in events if e[0] == "body")
@@ -262,7 +264,8 @@ def test_response_to_head_has_no_body_and_connection_is_reusable():
 
 
 def test_response_interim_then_final():
-    events, _ = read_response(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    events, _ = read_response(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                              b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert [e[1] for e in events if e[0] == "rhead"] == [103, 200]
 
 

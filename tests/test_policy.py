@@ -69,7 +69,8 @@ routes:
   - host: d.example
     service: nextclod
 """
-    assert errors_of(text) == ["home.yaml:13: routes[3].service: unknown service 'nextclod' (did you mean 'nextcloud'?)"]
+    expected = "home.yaml:13: routes[3].service: unknown service 'nextclod' (did you mean 'nextcloud'?)"
+    assert errors_of(text) == [expected]
 
 
 def test_every_error_is_reported_with_its_line():
@@ -128,7 +129,8 @@ routes:
             "routes[0].zones[0]: unknown zone 'mgmt'",
         ),
         (
-            "version: 1\nnetwork:\n  zones: {lan: {interfaces: [eth0]}}\n  forward: [{from: lan, to: wna, action: accept}]\n",
+            "version: 1\nnetwork:\n  zones: {lan: {interfaces: [eth0]}}\n"
+            "  forward: [{from: lan, to: wna, action: accept}]\n",
             "home.yaml:4: network.forward[0].to: unknown zone 'wna'",
         ),
         (

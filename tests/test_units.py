@@ -23,7 +23,7 @@ def test_bad_durations_say_why(bad):
 
 
 def test_duration_without_unit_suggests_one():
-    with pytest.raises(UnitError, match="needs a unit.*'10s'"):
+    with pytest.raises(UnitError, match=r"needs a unit.*'10s'"):
         parse_duration(10)
 
 

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from edge.http import proxyproto
 from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import ProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
 from edge.ratelimit import ALLOWED
@@ -126,6 +127,7 @@ class ClientConnection(asyncio.Protocol):
         "_pool",
         "_pre",
         "_pre_size",
+        "_proxy_buf",
         "_req_done",
         "_resp_chunked",
         "_resp_delimited",
@@ -149,6 +151,7 @@ class ClientConnection(asyncio.Protocol):
         "deadline_kind",
         "listener",
         "peer",
+        "peer_port",
         "proto",
         "reader",
         "server",
@@ -175,6 +178,8 @@ class ClientConnection(asyncio.Protocol):
         self._body_pending: _Pending | None = None
         self._out: list[bytes] = []
         self._deferred: tuple[int, str] | None = None
+        self._proxy_buf: bytes | None = None  # PROXY header bytes so far, while one is expected
+        self.peer_port = 0
         self._in_feed = False
         self._to_lease: UpstreamState | None = None
         self._reset()
@@ -218,9 +223,16 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "unix"
+        self.peer_port = peer[1] if peer else 0
         server = self.server
         self.trusted = self.peer in server.runtime.trusted
         server.connection_opened(self)
+        if self.listener in server.runtime.proxy_protocol:
+            if not self.trusted:  # a PROXY header is believed only from trusted_proxies
+                self._closed = True
+                transport.close()
+                return
+            self._proxy_buf = b""
         self.deadline = server.loop.time() + server.runtime.limits.header_timeout
         self.deadline_kind = _HEAD
 
@@ -230,6 +242,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._closed or self._deferred is not None:
             return
+        if self._proxy_buf is not None:
+            data = self._proxy_header(data)
+            if not data:
+                return
         if self.deadline_kind == _IDLE:
             self.deadline = self.server.loop.time() + self.server.runtime.limits.header_timeout
             self.deadline_kind = _HEAD
@@ -251,6 +267,27 @@ class ClientConnection(asyncio.Protocol):
             self._send_upstream_raw(data[offset:])
         if self._out:
             self.flush()
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        """Read the PROXY header that starts the connection; return the bytes after it."""
+        buf = self._proxy_buf + data  # type: ignore[operator]
+        try:
+            found = proxyproto.parse(buf)
+        except ProtocolError as exc:
+            self._proxy_buf = None
+            self._reject(exc.status, exc.reason)
+            return b""
+        if found is None:
+            self._proxy_buf = buf
+            return b""
+        consumed, header = found
+        self._proxy_buf = None
+        if header.source is not None:
+            address = header.source[0]
+            self.peer = address[7:] if address.startswith("::ffff:") and "." in address else address
+            self.peer_port = header.source[1]
+            self.trusted = self.peer in self.server.runtime.trusted
+        return buf[consumed:]
 
     def eof_received(self) -> bool:
         # A client half-close while we answer: let the answer finish, then close.
@@ -588,6 +625,9 @@ class ClientConnection(asyncio.Protocol):
         if self.deadline_kind == _POOL:
             self._wait_upstream() if self._req_done else self._body_deadline()
         data = self._request_bytes()
+        if not reused and self._route is not None and self._route.service.policy.send_proxy_protocol:
+            local = self.transport.get_extra_info("sockname") or ("0.0.0.0", 0)
+            data = proxyproto.build_v2((self.peer, self.peer_port), (local[0], local[1])) + data
         pre = self._pre
         if pre:
             self._pre = None
@@ -743,7 +783,10 @@ class ClientConnection(asyncio.Protocol):
         if up is not None:
             self._up = None
             up.client = None
-            if self._req_done and not self._resp_delimited and head_ok(self._head) and up.keep_alive_ok():
+            # a connection that carried a PROXY header speaks for one client: never shared
+            private = self._route is not None and self._route.service.policy.send_proxy_protocol
+            reusable = self._req_done and not self._resp_delimited and head_ok(self._head) and not private
+            if reusable and up.keep_alive_ok():
                 assert self._pool is not None
                 self._pool.release(up)
             else:

@@ -73,7 +73,9 @@ class RouteRuntime:
 class Runtime:
     """Everything a request needs from the policy, immutable once built."""
 
-    __slots__ = ("limiters", "limits", "policy", "redirect_https", "routers", "routes", "services", "trusted")
+    __slots__ = (
+        "limiters", "limits", "policy", "proxy_protocol", "redirect_https", "routers", "routes", "services", "trusted"
+    )
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -83,6 +85,7 @@ class Runtime:
         self.limiters: dict[str, RateLimiter] = {}
         self.routes: list[RouteRuntime] = []
         self.routers: dict[str, Router[RouteRuntime]] = {}
+        self.proxy_protocol = frozenset(n for n, lst in policy.listeners.items() if lst.proxy_protocol)
         # plain listener name -> the https port its 308s point to
         self.redirect_https: dict[str, int] = {}
         https_ports = [a.port for lst in policy.listeners.values() if lst.tls is not None for a in lst.listen]

@@ -185,3 +185,36 @@ def test_demo_policy_serves_http_https_and_metrics():
         assert edge.stop() == 0
         for up in ups:
             up.stop()
+
+
+def test_proxy_protocol_chain_edge_to_edge():
+    """client -> edge A (PROXY in, PROXY out) -> edge B (PROXY in) -> upstream sees the client."""
+    import json
+
+    upstream = DemoUpstream("pp")
+    port_a, port_b = free_port(), free_port()
+    edge_b = Edge(
+        "version: 1\ntrusted_proxies: [127.0.0.1/32]\n"
+        f"listeners: {{web: {{listen: ['127.0.0.1:{port_b}'], proxy_protocol: true}}}}\n"
+        f"services: {{s: {{upstreams: [{{url: '{upstream.url}'}}]}}}}\nroutes: [{{service: s}}]\n",
+        port_b,
+    )
+    edge_a = Edge(
+        "version: 1\ntrusted_proxies: [127.0.0.1/32]\n"
+        f"listeners: {{web: {{listen: ['127.0.0.1:{port_a}'], proxy_protocol: true}}}}\n"
+        f"services: {{s: {{upstreams: [{{url: 'http://127.0.0.1:{port_b}'}}], send_proxy_protocol: true}}}}\n"
+        "routes: [{service: s}]\n",
+        port_a,
+    )
+    try:
+        for _ in range(2):  # the second request must not reuse the first client's PROXY connection
+            raw = raw_exchange(port_a, b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 80\r\n"
+                                       b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            headers = dict((k.lower(), v) for k, v in json.loads(raw.partition(b"\r\n\r\n")[2])["headers"])
+            assert headers["x-forwarded-for"] == "198.51.100.7"
+        # a bad PROXY header is a 400 and close
+        assert raw_exchange(port_b, b"PROXY TCP4 nonsense\r\n\r\n").startswith(b"HTTP/1.1 400")
+    finally:
+        edge_a.stop()
+        edge_b.stop()
+        upstream.stop()
