@@ -256,8 +256,7 @@ class AcmeManager:
     def certificates(self) -> tuple[Certificate, ...]:
         """The stored certificates this listener should serve, in host order.
 
-        Append them to the policy's own: ``terminator.update(replace(tls,
-        certificates=tls.certificates + manager.certificates()))``.
+        Append them to the policy's own (``serving_tls`` does).
         """
         return tuple(
             Certificate(cert=str(s.cert_path), key=str(s.key_path))
@@ -306,7 +305,7 @@ class AcmeManager:
         if due and self._client is None:
             try:
                 await self._register()
-            except AcmeFailure as exc:
+            except (AcmeFailure, StorageError) as exc:
                 for host in due:
                     self._failed(host, str(exc))
                 return 0.0
