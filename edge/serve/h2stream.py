@@ -86,6 +86,14 @@ def _extra_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
+def _cut(up: UpstreamConnection) -> None:
+    """End an upstream exchange midway: its state is unknown (never reuse it), and what is still
+    buffered for it (a request body the upstream is not reading) is dropped, not flushed first."""
+    up.client = None
+    if not up.closed and up.transport is not None:
+        up.transport.abort()
+
+
 def _header_getter(head: RequestHead):
     def get(lname: str) -> str | None:
         wanted = lname.encode("latin-1")
@@ -644,8 +652,7 @@ class H2Stream:
         up = self.up
         if up is not None:
             self.up = None
-            up.client = None
-            up.close()
+            _cut(up)
         if self.pool is not None:
             self.pool.cancel_wait(self)  # type: ignore[arg-type]
         ustate = self.ustate
@@ -687,8 +694,7 @@ class H2Stream:
         up = self.up
         if up is not None:
             self.up = None
-            up.client = None
-            up.close()  # its state mid-exchange is unknown: never reuse it
+            _cut(up)
         if self.pool is not None:
             self.pool.cancel_wait(self)  # type: ignore[arg-type]
         ustate = self.ustate

@@ -23,6 +23,7 @@ from edge.serve.health_checks import ActiveHealthChecks
 from edge.serve.metrics import Metrics, RouteMetrics
 from edge.serve.proxy import ClientConnection, UpstreamConnection
 from edge.serve.runtime import Runtime, compile_runtime, retired_services
+from edge.serve.state import load_state, save_state
 from edge.tls import HANDSHAKE_TIMEOUT, TlsError, TlsTerminator
 
 __all__ = ["Server"]
@@ -59,6 +60,8 @@ class Server:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.access_log.start(self.loop)
+        if self.policy.state.file and load_state(self.runtime, self.policy.state.file, self.loop.time()):
+            log.info("state restored from %s", self.policy.state.file)
         await self._sync_listeners(self.policy)
         if self.policy.admin is not None:
             from edge.serve.admin import AdminServer
@@ -100,6 +103,11 @@ class Server:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.transport.abort()
+        if self.policy.state.file:
+            try:
+                save_state(self.runtime, self.policy.state.file, self.loop.time())
+            except OSError as exc:
+                log.error("state not saved to %s: %s", self.policy.state.file, exc)
         for service in self.runtime.services.values():
             service.close()
         await self.health_checks.stop()

@@ -16,8 +16,8 @@ from tests.support.procs import DemoUpstream, Edge, free_port, port_open, raw_ex
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 
 
-def get(port: int, path: str = "/headers", *headers: str) -> tuple[int, dict[str, str], bytes]:
-    request = f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+def get(port: int, path: str = "/headers", *headers: str, host: str = "t") -> tuple[int, dict[str, str], bytes]:
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
     request += "".join(h + "\r\n" for h in headers) + "\r\n"
     raw = raw_exchange(port, request.encode())
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -267,3 +267,33 @@ async def _wait_async(predicate, timeout: float = 5.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise TimeoutError("condition not met")
+
+
+def test_state_file_keeps_buckets_and_breakers_across_restarts(two, tmp_path):
+    import os
+
+    a, _ = two
+    state = tmp_path / "state" / "edge.msgpack"
+    port, admin = free_port(), free_port()
+    text = policy(
+        port, admin,
+        f"  app:\n    upstreams: [{{url: '{a.url}'}}]\n"
+        "    circuit_breaker: {error_ratio: 0.5, min_requests: 2, window: 10s, open_for: 1h}",
+        "  - {name: app, service: app, rate_limit: tight}\n  - {name: other, host: other.test, service: app}",
+        f"rate_limits: {{tight: {{rate: 1/h, burst: 2}}}}\nstate: {{file: '{state}'}}\n",
+    )
+    edge = Edge(text, port, admin)
+    try:
+        assert [get(port)[0] for _ in range(2)] == [200, 200]
+        assert get(port)[0] == 429
+        assert [get(port, "/status/500", host="other.test")[0] for _ in range(2)] == [500, 500]
+    finally:
+        assert edge.stop() == 0
+    assert oct(os.stat(state).st_mode & 0o777) == "0o600"
+    edge = Edge(text, port, admin)
+    try:
+        assert get(port)[0] == 429  # the drained bucket came back
+        status, _, body = get(port, "/status/200", host="other.test")
+        assert status == 503 and b"circuit open" in body  # and so did the open breaker
+    finally:
+        edge.stop()
