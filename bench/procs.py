@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +33,7 @@ __all__ = [
     "get",
     "pinned",
     "session_cpu_seconds",
+    "session_members",
 ]
 
 _PR_SET_PDEATHSIG = 1
@@ -174,12 +176,16 @@ class Supervisor:
                 process.wait(self.grace_s)
             except subprocess.TimeoutExpired:
                 pass
-        # The leader may be gone while its workers linger: the group gets SIGKILL regardless.
+        # The leader may be gone while its workers linger: the group gets SIGKILL regardless,
+        # and stop() returns only once every member is gone (their ports are free again).
         _signal_group(process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + self.grace_s
         try:
             process.wait(self.grace_s)
         except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
             pass
+        while session_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)  # SIGKILL is delivered; the kernel is tearing the processes down
         if child in self.children:
             self.children.remove(child)
 
@@ -197,19 +203,26 @@ class Supervisor:
                 signal.signal(signal.SIGINT, previous)
 
 
-def session_cpu_seconds(session: int) -> float:
-    """User + system CPU seconds of every live process in ``session`` (a child and its workers)."""
-    ticks = 0
+def _proc_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, fields after "(comm)") of every process: state ppid pgrp session ... utime(11) stime(12)."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
+                yield int(entry.name), handle.read().rsplit(b")", 1)[1].split()
         except (OSError, IndexError):
             continue  # gone meanwhile
-        if int(fields[3]) == session:  # fields after "(comm)": state ppid pgrp session ... utime(11) stime(12)
-            ticks += int(fields[11]) + int(fields[12])
+
+
+def session_members(session: int) -> list[int]:
+    """Pids of the processes of ``session`` that are not yet dead (zombies count as dead)."""
+    return [pid for pid, fields in _proc_stats() if int(fields[3]) == session and fields[0] not in (b"Z", b"X")]
+
+
+def session_cpu_seconds(session: int) -> float:
+    """User + system CPU seconds of every live process in ``session`` (a child and its workers)."""
+    ticks = sum(int(f[11]) + int(f[12]) for _, f in _proc_stats() if int(f[3]) == session)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
