@@ -53,7 +53,7 @@ EXIT_OK, EXIT_RUNTIME = 0, 1
 
 @dataclass(slots=True)
 class Options:
-    """What to run; the command line maps onto this one to one."""
+    """What to run: the command line's options, plus knobs for tests (start timeout, extra metadata)."""
 
     duration_s: int = 10
     warmup_s: int = 1
