@@ -23,6 +23,8 @@ A stream ends when its END_STREAM (or RST_STREAM) was sent, or the client reset 
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -71,6 +73,7 @@ _INF = float("inf")
 _clock = time.perf_counter
 # deadline kinds
 _NONE, _UPSTREAM, _POOL, _BODY, _STREAM = range(5)
+_LINGER_RESET = struct.pack("ii", 1, 0)
 _EXTRA_CACHE: dict[bytes, list[tuple[bytes, bytes]]] = {}
 
 
@@ -86,12 +89,24 @@ def _extra_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def _cut(up: UpstreamConnection) -> None:
-    """End an upstream exchange midway: its state is unknown (never reuse it), and what is still
-    buffered for it (a request body the upstream is not reading) is dropped, not flushed first."""
+def _cut(up: UpstreamConnection, hard: bool) -> None:
+    """End an upstream exchange midway: its state is unknown, so the connection is never reused.
+
+    ``hard`` (the request body was still flowing): reset the connection (SO_LINGER 0) so neither
+    our buffers nor the kernel's keep the rest of a body the upstream may not be reading.
+    """
     up.client = None
-    if not up.closed and up.transport is not None:
-        up.transport.abort()
+    transport = up.transport
+    if up.closed or transport is None:
+        return
+    if hard:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+    transport.abort()
 
 
 def _header_getter(head: RequestHead):
@@ -418,6 +433,7 @@ class H2Stream:
         if self.unacked and not self.up_full:
             conn.ack(self.sid, self.unacked)
             self.unacked = 0
+        up.transport.resume_reading()  # a connection comes back from the pool however its last user left it
         self.reading_paused = False
         self.update_reading()
         conn.flush()
@@ -541,6 +557,9 @@ class H2Stream:
         if up is not None:
             self.up = None
             up.client = None
+            if self.reading_paused:
+                self.reading_paused = False
+                up.transport.resume_reading()
             if self.req_done and not self.delimited and up.keep_alive_ok():
                 assert self.pool is not None
                 self.pool.release(up)
@@ -652,7 +671,7 @@ class H2Stream:
         up = self.up
         if up is not None:
             self.up = None
-            _cut(up)
+            _cut(up, not self.req_done)
         if self.pool is not None:
             self.pool.cancel_wait(self)  # type: ignore[arg-type]
         ustate = self.ustate
@@ -694,7 +713,7 @@ class H2Stream:
         up = self.up
         if up is not None:
             self.up = None
-            _cut(up)
+            _cut(up, not self.req_done)
         if self.pool is not None:
             self.pool.cancel_wait(self)  # type: ignore[arg-type]
         ustate = self.ustate

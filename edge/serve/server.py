@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 
+from edge.acme import AcmeManager
 from edge.ca import ensure_internal
 from edge.policy import Policy, PolicyErrors, load_policy
 from edge.serve.accesslog import AccessLog
@@ -49,6 +50,8 @@ class Server:
         self.runtime: Runtime = compile_runtime(policy, loop, self.metrics, UpstreamConnection)
         self._listeners: dict[tuple[str, str, bytes], asyncio.AbstractServer] = {}
         self.terminators: dict[str, TlsTerminator] = {}
+        self.acme: dict[str, AcmeManager] = {}  # per TLS listener with tls.acme
+        self.manage_acme = True  # tests that drive an AcmeManager themselves turn this off
         self._sweeper: asyncio.Task | None = None
         self._next_cert_check = loop.time() + CERT_CHECK_INTERVAL
         self._admin = None
@@ -111,6 +114,8 @@ class Server:
         for service in self.runtime.services.values():
             service.close()
         await self.health_checks.stop()
+        for manager in self.acme.values():
+            await manager.stop()
         if self._admin is not None:
             await self._admin.stop()
         if self._sweeper is not None:
@@ -167,7 +172,10 @@ class Server:
                 log.error("tls: %s", error)
             current = self.terminators.get(name)
             if current is not None:
-                current.update(tls)  # logs what it could not load; old certificates stay
+                manager = self.acme.get(name)
+                # with ACME unchanged the manager's view includes the certificates it issued
+                wanted = manager.serving_tls() if manager is not None and manager.acme == tls.acme else tls
+                current.update(wanted)  # logs what it could not load; old certificates stay
                 terminators[name] = current
             else:
                 terminators[name] = TlsTerminator(tls)
@@ -197,6 +205,31 @@ class Server:
         self.terminators = terminators
         for key in [k for k in self._listeners if k not in wanted]:
             self._listeners.pop(key).close()
+        await self._sync_acme(policy)
+
+    async def _sync_acme(self, policy: Policy) -> None:
+        """One ACME manager per TLS listener with ``tls.acme``: started, updated, stopped with the policy."""
+        if not self.manage_acme:
+            return
+        for name in list(self.acme):
+            listener = policy.listeners.get(name)
+            tls = listener.tls if listener is not None else None
+            if tls is None or tls.acme != self.acme[name].acme:
+                await self.acme.pop(name).stop()
+        for name, listener in policy.listeners.items():
+            tls = listener.tls
+            if tls is None or tls.acme is None:
+                continue
+            if name in self.acme:
+                self.acme[name].update_policy(policy)
+                continue
+            terminator = self.terminators[name]
+            manager = AcmeManager.for_listener(
+                policy, name, self.acme_http01, terminator,
+                on_certificate=lambda *_, t=terminator, n=name: t.update(self.acme[n].serving_tls()),
+            )
+            self.acme[name] = manager
+            await manager.start()
 
     async def _open_listener(
         self, name: str, host: str, port: int, proto: bytes, context: ssl.SSLContext | None

@@ -155,6 +155,7 @@ async def edge_with_acme(
         storage=storage, challenge=challenge, ca_bundle=ca_bundle or pebble.ca_bundle, host=host,
     ))
     server = Server(policy, asyncio.get_running_loop())
+    server.manage_acme = False  # this harness wires its own manager (with a fake clock) the way serve does
     if http01 is not None:
         server.acme_http01 = http01
     await server.start()
