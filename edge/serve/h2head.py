@@ -226,9 +226,7 @@ def header_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def response_headers(
-    rh: ResponseHead, no_body: bool, extra: list[tuple[bytes, bytes]]
-) -> list[tuple[bytes, bytes]]:
+def response_headers(rh: ResponseHead, no_body: bool, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The HTTP/2 header list for an upstream's HTTP/1.1 response head.
 
     ResponseReader already took out hop-by-hop headers (and those named in Connection);
@@ -248,9 +246,9 @@ def response_headers(
     return out
 
 
-def local_response(status: int, detail: str, reason: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[
-    list[tuple[bytes, bytes]], bytes
-]:
+def local_response(
+    status: int, detail: str, reason: str, extra: list[tuple[bytes, bytes]] = ()
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Headers and body of a response edge makes itself (same text as the HTTP/1.1 side)."""
     body = f"{status} {reason}: {detail}\n".encode("utf-8", "replace")
     headers = [

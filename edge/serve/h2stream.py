@@ -142,6 +142,7 @@ class H2Stream:
         "pool",
         "pre",
         "reading_paused",
+        "remaining",
         "req_done",
         "resp_started",
         "route",
@@ -190,6 +191,7 @@ class H2Stream:
         self.ended = False  # END_STREAM was sent
         self.done = False  # nothing more to send or receive for this stream
         self.reading_paused = False  # we paused reading this stream's upstream connection
+        self.remaining = -1  # response body bytes still expected (content-length), -1 unknown
         self.deadline = _INF
         self.kind = _NONE
         self.active = 0.0
@@ -528,6 +530,7 @@ class H2Stream:
         no_body = head.method == b"HEAD" or status == 204 or status == 304
         self.no_body = no_body
         self.delimited = not no_body and rh.content_length is None and not rh.chunked
+        self.remaining = -1 if no_body or rh.content_length is None else rh.content_length
         headers = response_headers(rh, no_body, _extra_pairs(route.add_response))
         try:
             self.conn.h2.send_headers(self.sid, headers, end_stream=no_body)
@@ -545,10 +548,15 @@ class H2Stream:
     def response_body(self, data: bytes) -> None:
         if self.no_body or self.done:
             return
-        self.bytes += len(data)
+        size = len(data)
+        self.bytes += size
         if self.kind == _STREAM:
             self.active = self.conn.server.loop.time()
-        self._send(data, False)
+        remaining = self.remaining
+        if remaining > 0:
+            # the last bytes of a known length: END_STREAM rides on the last DATA frame
+            self.remaining = remaining = remaining - size
+        self._send(data, remaining == 0)
 
     def response_end(self) -> None:
         if self.head is None or not self.resp_started:
@@ -616,6 +624,7 @@ class H2Stream:
             self._complete()
         else:
             self.update_reading()
+        self.conn.flush()  # a no-op inside the connection's read (it flushes once at its end)
 
     def update_reading(self) -> None:
         """Read this stream's upstream only while its output fits (and the client's socket drains)."""
@@ -692,10 +701,12 @@ class H2Stream:
         self._reset_quietly(code)
         self.cancel()
         self.conn.stream_done(self)
+        self.conn.flush()
 
     def _reset(self, code: int) -> None:
         self._reset_quietly(code)
         self._release()
+        self.conn.flush()
 
     def _reset_quietly(self, code: int) -> None:
         try:
