@@ -49,6 +49,7 @@ class Metrics:
         self.connections_total = 0
         self.reloads = {"ok": 0, "error": 0}
         self.bad_requests = 0
+        self.rollbacks = 0
         # each returns (name, type, help, [(labels dict, value)])
         self.collectors: list[Callable[[], Iterable[tuple[str, str, str, list[tuple[dict[str, str], float]]]]]] = []
 
@@ -98,6 +99,9 @@ class Metrics:
         add("# TYPE edge_policy_reloads_total counter")
         for result, count in self.reloads.items():
             add(f'edge_policy_reloads_total{{result="{result}"}} {count}')
+        add("# HELP edge_policy_rollbacks_total Reloads undone because changed routes failed (policy reload:).")
+        add("# TYPE edge_policy_rollbacks_total counter")
+        add(f"edge_policy_rollbacks_total {self.rollbacks}")
         for collect in self.collectors:
             for name, kind, help_text, samples in collect():
                 add(f"# HELP {name} {help_text}")

@@ -146,3 +146,14 @@ def retired_services(old: Runtime, new: Runtime) -> list[ServiceRuntime]:
     """Services of ``old`` that ``new`` does not keep (their pools close once drained)."""
     kept = {id(s) for s in new.services.values()}
     return [s for s in old.services.values() if id(s) not in kept]
+
+
+def changed_route_labels(old: Policy, new: Policy) -> set[str]:
+    """Labels of routes the new policy adds or changes (the route or its service)."""
+    before = {route_label(i, r): (r, old.services.get(r.service)) for i, r in enumerate(old.routes)}
+    changed = set()
+    for index, route in enumerate(new.routes):
+        label = route_label(index, route)
+        if before.get(label) != (route, new.services.get(route.service)):
+            changed.add(label)
+    return changed

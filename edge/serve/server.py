@@ -23,7 +23,7 @@ from edge.serve.accesslog import AccessLog
 from edge.serve.health_checks import ActiveHealthChecks
 from edge.serve.metrics import Metrics, RouteMetrics
 from edge.serve.proxy import ClientConnection, UpstreamConnection
-from edge.serve.runtime import Runtime, compile_runtime, retired_services
+from edge.serve.runtime import Runtime, changed_route_labels, compile_runtime, retired_services
 from edge.serve.state import load_state, save_state
 from edge.tls import HANDSHAKE_TIMEOUT, TlsError, TlsTerminator
 
@@ -33,6 +33,7 @@ log = logging.getLogger("edge.serve")
 
 DRAIN_TIMEOUT = 15.0  # seconds in-flight requests get on SIGTERM before the rest are cut
 CERT_CHECK_INTERVAL = 12 * 3600.0  # internal leaves live 30 days; renewal starts well before
+VERIFY_MIN_REQUESTS = 10  # a reload is judged on at least this many requests to changed routes
 
 
 class Server:
@@ -54,6 +55,7 @@ class Server:
         self.manage_acme = True  # tests that drive an AcmeManager themselves turn this off
         self._sweeper: asyncio.Task | None = None
         self._next_cert_check = loop.time() + CERT_CHECK_INTERVAL
+        self._verify: tuple[float, Policy, dict[str, tuple[int, int]], float] | None = None
         self._admin = None
         self._stopped = asyncio.Event()
         self.metrics.collectors.append(self._upstream_metrics)
@@ -141,8 +143,10 @@ class Server:
             log.error("reload rejected, keeping the running policy: %s", exc)
             return False
         old = self.runtime
+        previous_policy = self.policy
         self.runtime = new
         self.policy = policy
+        self._watch_reload(previous_policy, policy)
         self.access_log.configure(policy.access_log.path, policy.access_log.enabled)
         self.access_log.reopen()
         for service in retired_services(old, new):
@@ -180,6 +184,60 @@ class Server:
             else:
                 terminators[name] = TlsTerminator(tls)
         return terminators
+
+    # -- reload verification (policy `reload:`) ----------------------------------------------
+    def _watch_reload(self, old: Policy, new: Policy) -> None:
+        """Start watching the routes a reload changed, if the policy asks for it."""
+        self._verify = None
+        guard = new.reload
+        if guard is None or not old.source:
+            return
+        changed = changed_route_labels(old, new)
+        if not changed:
+            return
+        baseline = {label: self._route_counts(label) for label in changed}
+        self._verify = (self.loop.time() + guard.verify_for, old, baseline, guard.max_error_ratio)
+
+    def _route_counts(self, label: str) -> tuple[int, int]:
+        route = self.metrics.routes.get(label)
+        if route is None:
+            return 0, 0
+        total = sum(route.codes.values())
+        errors = sum(n for (_, code), n in route.codes.items() if code >= 500)
+        return total, errors
+
+    def _check_reload(self, now: float) -> None:
+        verify = self._verify
+        if verify is None:
+            return
+        deadline, old_policy, baseline, max_ratio = verify
+        total = errors = 0
+        for label, (base_total, base_errors) in baseline.items():
+            current_total, current_errors = self._route_counts(label)
+            total += current_total - base_total
+            errors += current_errors - base_errors
+        if total >= VERIFY_MIN_REQUESTS and errors / total > max_ratio:
+            self._verify = None
+            log.error("policy reload rolled back: %d of %d requests on changed routes (%s) failed with 5xx",
+                      errors, total, ", ".join(sorted(baseline)))
+            self.metrics.rollbacks += 1
+            self.loop.create_task(self._roll_back(old_policy))
+        elif now >= deadline:
+            self._verify = None
+
+    async def _roll_back(self, policy: Policy) -> None:
+        try:
+            new = compile_runtime(policy, self.loop, self.metrics, UpstreamConnection, previous=self.runtime)
+            await self._sync_listeners(policy)
+        except (OSError, TlsError) as exc:
+            log.error("rollback failed, keeping the current policy: %s", exc)
+            return
+        old = self.runtime
+        self.runtime = new
+        self.policy = policy
+        for service in retired_services(old, new):
+            service.close()
+        self.health_checks.sync(new)
 
     async def _sync_listeners(self, policy: Policy) -> None:
         """Open missing listener sockets, close removed ones; all or nothing for new ones."""
@@ -297,6 +355,7 @@ class Server:
                         pool.expire(now)
                 for state, health_state in service.health.tick(now):
                     log.info("service %s upstream %s is %s again", service.name, state.label, health_state.name.lower())
+            self._check_reload(now)
             if now >= self._next_limiter_sweep:
                 self._next_limiter_sweep = now + 10.0
                 for limiter in self.runtime.limiters.values():

@@ -297,3 +297,24 @@ def test_state_file_keeps_buckets_and_breakers_across_restarts(two, tmp_path):
         assert status == 503 and b"circuit open" in body  # and so did the open breaker
     finally:
         edge.stop()
+
+
+def test_reload_guard_rolls_back_a_policy_whose_changed_routes_fail(two):
+    a, _ = two
+    port, admin = free_port(), free_port()
+    dead = free_port()
+    good = policy(port, admin, f"  app: {{upstreams: [{{url: '{a.url}'}}], retries: 0}}",
+                  "  - {name: app, service: app}", "reload: {verify_for: 30s, max_error_ratio: 0.2}\n")
+    edge = Edge(good, port, admin)
+    try:
+        assert get(port)[0] == 200
+        edge.rewrite(good.replace(a.url, f"http://127.0.0.1:{dead}"))  # valid, but harmful
+        edge.reload()
+        wait_until(lambda: metric(admin, r'edge_policy_reloads_total\{result="ok"\}') == 1, what="reload")
+        codes = [get(port)[0] for _ in range(12)]
+        assert 502 in codes
+        wait_until(lambda: metric(admin, r"edge_policy_rollbacks_total") == 1, timeout=5, what="rollback")
+        wait_until(lambda: get(port)[0] == 200, timeout=5, what="the previous policy serving again")
+        assert "policy reload rolled back" in edge.stderr()
+    finally:
+        edge.stop()
