@@ -8,9 +8,10 @@ request against a stored response.
 
 Rules beyond the RFC, chosen for a self-hoster's apps (which often forget Cache-Control on
 personal pages): a request carrying ``Authorization`` *or* ``Cookie`` is answered from, and
-stored into, the cache only when the response said so explicitly (``public``,
-``s-maxage``; ``must-revalidate`` too for Authorization as RFC 9111 3.5 allows). The route's
-``ttl`` is only the default lifetime for responses that give none. ``Set-Cookie`` responses
+stored into, the cache only when the response said so explicitly (``public`` or
+``s-maxage``; RFC 9111 3.5 would also take ``must-revalidate`` for Authorization, but such
+an entry would then answer anonymous requests too). The route's ``ttl`` is only the default
+lifetime for responses that give none. ``Set-Cookie`` responses
 are never stored (one user's session must never reach another). Range requests bypass the
 cache. ``must-revalidate``, ``proxy-revalidate`` and ``no-cache`` responses are never served
 stale, not even as a fallback.
@@ -391,7 +392,7 @@ def response_plan(
     if cc.no_store or cc.private:
         return None
     explicit = cc.public or cc.s_maxage is not None
-    if request.explicit_only and not (explicit or cc.must_revalidate):
+    if request.explicit_only and not explicit:
         return None
     vary = vary_names(h.get(b"vary"))
     if vary is None:

@@ -256,3 +256,20 @@ def test_store_never_exceeds_max_size(max_size: int, ops) -> None:
     for entry in store:
         assert entry.cost == ENTRY_OVERHEAD + sum(len(x) + CHUNK_OVERHEAD for x in entry.lines) + sum(
             len(c) + CHUNK_OVERHEAD for c in entry.chunks)
+
+
+# -- fallback -------------------------------------------------------------------------------------
+def test_fallback_verdicts() -> None:
+    from edge.cache.fallback import SERVE_STALE, UNAVAILABLE, USE_SERVICE, fallback_for
+
+    store = MemoryStore(1 << 20)
+    entry = fill(store, KEY, [b"x"], 0.0, "Cache-Control: max-age=10")
+    strict = fill(store, cache_key(b"h", b"/s"), [b"x"], 0.0, "Cache-Control: max-age=10, must-revalidate")
+    assert fallback_for("stale", entry, 500.0).kind == SERVE_STALE
+    assert fallback_for("stale", entry, 500.0).entry is entry
+    assert fallback_for("stale", entry, 500.0, method=b"POST").kind == UNAVAILABLE
+    assert fallback_for("stale", strict, 500.0).kind == UNAVAILABLE
+    assert fallback_for("stale", None, 500.0).kind == UNAVAILABLE
+    assert fallback_for("none", entry, 500.0).kind == UNAVAILABLE
+    degraded = fallback_for("nextcloud_ro", None, 500.0)
+    assert degraded.kind == USE_SERVICE and degraded.service == "nextcloud_ro"
