@@ -25,9 +25,9 @@ from edge.zones import parse_client_ip
 
 __all__ = ["GeoIPDatabase", "GeoRule", "geo_decision"]
 
-# Distinct addresses remembered. A lookup costs ~4 µs with the C reader and ~23 µs with the
-# pure-Python one (address parse included; bench/micro_features.py), a cached answer
-# ~0.1 µs. Cleared wholesale when full: a flood of new addresses would churn an LRU as much.
+# Distinct addresses remembered. A lookup costs ~3.5 µs with the C reader and ~11 µs with
+# the pure-Python one (address parse included; bench/micro_features.py), a cached answer
+# ~0.15 µs. Cleared wholesale when full: a flood of new addresses would churn an LRU as much.
 DEFAULT_CACHE_SIZE = 65_536
 
 # MODE_MMAP_EXT is the C extension over the same memory-mapped file; fall back to the
