@@ -45,12 +45,13 @@ FIELD_OVERHEAD = 32
 # methods whose body-less request still gets "Content-Length: 0" (some origins want a length for them)
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
-_NAME = re.compile(rb"^[!#$%&'*+.^_`|~0-9a-z-]+$")
-_VALUE = re.compile(rb"^(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?$")
-_METHOD = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_PATH = re.compile(rb"^/[\x21-\x7e]*$")
+# fullmatch everywhere: "$" would also match before a final "\n" (a header injection)
+_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")
+_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
+_METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PATH = re.compile(rb"/[\x21-\x7e]*")
 # reg-name / IPv4 / [IPv6], optional :port; no userinfo (RFC 9113 8.3.1)
-_AUTHORITY = re.compile(rb"^(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+_AUTHORITY = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _STATUS_LINES = {s: b"%d" % s for s in range(100, 600)}
 
 
@@ -82,8 +83,8 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool, max_heade
     names = head.names
     size = 0
     regular = False
-    name_ok = _NAME.match
-    value_ok = _VALUE.match
+    name_ok = _NAME.fullmatch
+    value_ok = _VALUE.fullmatch
     for name, value in headers:
         size += len(name) + len(value) + FIELD_OVERHEAD
         if not value_ok(value):
@@ -156,7 +157,7 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool, max_heade
         raise H2RequestError(431, "request header fields too large")
     if method is None:
         raise _malformed("missing :method")
-    if not _METHOD.match(method):
+    if not _METHOD.fullmatch(method):
         raise _malformed("invalid :method")
     if method == b"CONNECT":
         raise H2RequestError(405, "CONNECT is not supported")
@@ -164,17 +165,17 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool, max_heade
         raise _malformed("missing :scheme or :path")
     if scheme not in (b"https", b"http"):
         raise H2RequestError(400, "unsupported :scheme")
-    if not (_PATH.match(path) or (path == b"*" and method == b"OPTIONS")):
+    if not (_PATH.fullmatch(path) or (path == b"*" and method == b"OPTIONS")):
         raise H2RequestError(400, "invalid :path")
     if authority is not None:
-        if not _AUTHORITY.match(authority):
+        if not _AUTHORITY.fullmatch(authority):
             raise H2RequestError(400, "invalid :authority")
         if host is not None and host.lower() != authority.lower():
             raise H2RequestError(400, "Host header and :authority differ")
         host = authority
     elif host is None:
         raise H2RequestError(400, "missing :authority and Host")
-    elif not _AUTHORITY.match(host):
+    elif not _AUTHORITY.fullmatch(host):
         raise H2RequestError(400, "invalid Host header")
     if cookies is not None:
         lines.append(b"cookie: %s\r\n" % b"; ".join(cookies))

@@ -458,7 +458,10 @@ class ClientConnection(asyncio.Protocol):
             self._local(413, "request body too large", close=True)
             return
         service = route.service
-        guarded = route.limiter is not None or service.breaker is not None or service.hash_key is not None
+        guarded = (
+            route.limiter is not None or service.breaker is not None or service.hash_key is not None
+            or route.geo is not None or route.zones is not None
+        )
         if guarded and not self._admit(head, rt, route):
             return
         ustate = service.balancer.pick(self._balance_key)
@@ -487,6 +490,15 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         now = server.loop.time()
         client = real_client_ip(head, self.peer, rt.trusted)
+        if route.zones is not None and not (rt.zone_matcher and rt.zone_matcher.allowed(route.zones, client)):
+            self._local(403, "this route is not open to your network zone")
+            return False
+        geo = route.geo
+        if geo is not None:
+            database = server.geoip
+            if not geo.allowed(database.country(client) if database is not None else None):
+                self._local(403, "this route is not open to your country")
+                return False
         limiter = route.limiter
         if limiter is not None:
             decision = limiter.take(limiter.key_spec.key(client, head.header, route.label), now)

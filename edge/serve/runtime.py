@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from edge.balance import Balancer, UpstreamState, make_balancer
 from edge.breaker import Breaker
+from edge.geoip import GeoRule
 from edge.health import ServiceHealth
 from edge.http.forwarding import TrustedProxies
 from edge.policy.model import Policy, Route, Service
@@ -20,6 +21,7 @@ from edge.ratelimit import KeySpec, RateLimiter
 from edge.route import Router
 from edge.serve.metrics import Metrics, RouteMetrics
 from edge.serve.pool import UpstreamPool
+from edge.zones import ZoneMatcher
 
 __all__ = ["RouteRuntime", "Runtime", "ServiceRuntime", "compile_runtime"]
 
@@ -51,7 +53,7 @@ class ServiceRuntime:
 
 
 class RouteRuntime:
-    __slots__ = ("add_request", "add_response", "label", "limiter", "metrics", "policy", "service")
+    __slots__ = ("add_request", "add_response", "geo", "label", "limiter", "metrics", "policy", "service", "zones")
 
     def __init__(
         self, label: str, policy: Route, service: ServiceRuntime, metrics: RouteMetrics, limiter: RateLimiter | None
@@ -61,6 +63,8 @@ class RouteRuntime:
         self.service = service
         self.metrics = metrics
         self.limiter = limiter
+        self.geo = GeoRule(policy.geoip) if policy.geoip is not None else None
+        self.zones = frozenset(policy.zones) if policy.zones is not None else None
         headers = policy.headers
         self.add_response = b"".join(
             f"{k}: {v}\r\n".encode("latin-1") for k, v in (headers.add_response.items() if headers else ())
@@ -74,7 +78,8 @@ class Runtime:
     """Everything a request needs from the policy, immutable once built."""
 
     __slots__ = (
-        "limiters", "limits", "policy", "proxy_protocol", "redirect_https", "routers", "routes", "services", "trusted"
+        "limiters", "limits", "policy", "proxy_protocol", "redirect_https", "routers", "routes", "services", "trusted",
+        "zone_matcher",
     )
 
     def __init__(self, policy: Policy) -> None:
@@ -85,6 +90,7 @@ class Runtime:
         self.limiters: dict[str, RateLimiter] = {}
         self.routes: list[RouteRuntime] = []
         self.routers: dict[str, Router[RouteRuntime]] = {}
+        self.zone_matcher = ZoneMatcher(policy.network) if any(r.zones for r in policy.routes) else None
         self.proxy_protocol = frozenset(n for n, lst in policy.listeners.items() if lst.proxy_protocol)
         # plain listener name -> the https port its 308s point to
         self.redirect_https: dict[str, int] = {}

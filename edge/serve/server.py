@@ -18,6 +18,7 @@ import time
 
 from edge.acme import AcmeManager
 from edge.ca import ensure_internal
+from edge.geoip import GeoIPDatabase
 from edge.policy import Policy, PolicyErrors, load_policy
 from edge.serve.accesslog import AccessLog
 from edge.serve.health_checks import ActiveHealthChecks
@@ -60,6 +61,8 @@ class Server:
         self._stopped = asyncio.Event()
         self.metrics.collectors.append(self._upstream_metrics)
         self.health_checks = ActiveHealthChecks(loop)
+        self.geoip: GeoIPDatabase | None = None
+        self._sync_geoip(policy)
         self._next_limiter_sweep = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -131,6 +134,7 @@ class Server:
         path = path or self.policy.source
         try:
             policy = load_policy(path)
+            self._sync_geoip(policy)
             new = compile_runtime(policy, self.loop, self.metrics, UpstreamConnection, previous=self.runtime)
             await self._sync_listeners(policy)
         except PolicyErrors as exc:
@@ -138,7 +142,7 @@ class Server:
             for error in exc.errors:
                 log.error("reload rejected, keeping the running policy: %s", error)
             return False
-        except (OSError, TlsError) as exc:
+        except (OSError, ValueError, TlsError) as exc:
             self.metrics.reloads["error"] += 1
             log.error("reload rejected, keeping the running policy: %s", exc)
             return False
@@ -186,6 +190,24 @@ class Server:
         return terminators
 
     # -- reload verification (policy `reload:`) ----------------------------------------------
+    def _sync_geoip(self, policy: Policy) -> None:
+        """Open, reopen (a changed file or path) or close the GeoIP database; OSError/ValueError on a bad file."""
+        wanted = policy.geoip.database if policy.geoip is not None else None
+        current = self.geoip
+        if wanted is None:
+            if current is not None:
+                current.close()
+            self.geoip = None
+            return
+        try:
+            if current is None:
+                self.geoip = GeoIPDatabase(wanted)
+            elif current.path != wanted or current.changed():
+                current.reload(wanted)  # a file that does not open leaves the old one serving
+                log.info("geoip: %s (re)loaded", wanted)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise OSError(f"geoip database {wanted}: {exc}") from None
+
     def _watch_reload(self, old: Policy, new: Policy) -> None:
         """Start watching the routes a reload changed, if the policy asks for it."""
         self._verify = None
