@@ -15,6 +15,7 @@ from edge.cache.policy import (
     request_plan,
     request_plan_from_head,
     response_plan,
+    revalidation_headers,
     strip_conditionals,
 )
 from edge.cache.store import CacheStore, Entry, EntryWriter, MemoryStore
@@ -34,5 +35,6 @@ __all__ = [
     "request_plan",
     "request_plan_from_head",
     "response_plan",
+    "revalidation_headers",
     "strip_conditionals",
 ]

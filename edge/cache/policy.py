@@ -40,6 +40,7 @@ __all__ = [
     "request_plan",
     "request_plan_from_head",
     "response_plan",
+    "revalidation_headers",
     "strip_conditionals",
     "vary_names",
     "vary_values",
@@ -446,6 +447,21 @@ def strip_conditionals(lines: list[bytes], names: list[bytes]) -> tuple[list[byt
     """
     keep = [i for i, n in enumerate(names) if n not in _CONDITIONALS]
     return [lines[i] for i in keep], [names[i] for i in keep]
+
+
+def revalidation_headers(
+    lines: list[bytes], names: list[bytes], etag: str | None, last_modified: str | None
+) -> tuple[list[bytes], list[bytes]]:
+    """The request's header lines for revalidating a stored copy upstream: the client's
+    If-None-Match/If-Modified-Since replaced by the stored response's validators."""
+    out_lines, out_names = strip_conditionals(lines, names)
+    if etag is not None:
+        out_lines.append(b"If-None-Match: " + etag.encode("latin-1") + b"\r\n")
+        out_names.append(b"if-none-match")
+    if last_modified is not None:
+        out_lines.append(b"If-Modified-Since: " + last_modified.encode("latin-1") + b"\r\n")
+        out_names.append(b"if-modified-since")
+    return out_lines, out_names
 
 
 def merge_304(

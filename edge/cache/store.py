@@ -152,8 +152,9 @@ def _lines_size(lines: list[bytes]) -> int:
 
 
 def _strip_age(lines: list[bytes], names: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Copies without ``Age`` (the store computes it): the shell may go on editing its lists."""
     if b"age" not in names:
-        return lines, names
+        return list(lines), list(names)
     keep = [i for i, n in enumerate(names) if n != b"age"]
     return [lines[i] for i in keep], [names[i] for i in keep]
 
@@ -283,8 +284,8 @@ class MemoryStore:
               content_length: int | None = None) -> EntryWriter | None:
         """Start storing a response the shell is about to stream; None when it cannot fit.
 
-        ``lines``/``names`` are kept as given (the shell passes the upstream's lines before
-        adding its own per-request headers); ``content_length`` lets a too large body be
+        ``lines``/``names`` are copied (the shell passes the upstream's lines, then adds its
+        own per-request headers to its lists); ``content_length`` lets a too large body be
         refused before the first byte, and a truncated one be dropped at commit.
         """
         if content_length is not None and content_length + ENTRY_OVERHEAD > self.max_entry_size:

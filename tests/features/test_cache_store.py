@@ -273,3 +273,58 @@ def test_fallback_verdicts() -> None:
     assert fallback_for("none", entry, 500.0).kind == UNAVAILABLE
     degraded = fallback_for("nextcloud_ro", None, 500.0)
     assert degraded.kind == USE_SERVICE and degraded.service == "nextcloud_ro"
+
+
+# -- the whole conversation, as the data path will hold it ------------------------------------------
+def test_miss_hit_stale_revalidate_conversation() -> None:
+    """Miss and store, hit, client 304, stale, revalidate with edge's validators, 304 merge, hit."""
+    from edge.cache.policy import not_modified, request_plan_from_head, revalidation_headers
+
+    clock = FakeClock(0.0)
+    store = MemoryStore(1 << 20)
+    req = request("/album/1", "Accept-Encoding: gzip")
+    plan = request_plan_from_head(req)
+    key = cache_key(req.host, req.target, "high", b"https")
+    assert store.get(key, req.header, clock.now, plan.explicit_only) is None  # miss: go upstream
+
+    upstream = response(200, "Content-Type: text/html", 'ETag: "v1"', "Cache-Control: max-age=30",
+                        "Vary: Accept-Encoding", body=b"<html>album</html>")
+    rp = response_plan(plan, upstream.status, upstream.lines, upstream.names, 60.0, WALL, 0.01)
+    writer = store.begin(key, req.header, upstream.status, upstream.reason, upstream.lines, upstream.names, rp,
+                         clock.now, upstream.content_length)
+    for chunk in (b"<html>", b"album</html>"):
+        assert writer.append(chunk)
+    entry = writer.commit()
+
+    clock.advance(10)
+    again = request("/album/1", "Accept-Encoding: gzip", 'If-None-Match: "v1"')
+    hit = store.get(key, again.header, clock.now, request_plan_from_head(again).explicit_only)
+    assert hit is entry and hit.satisfies(PLAIN_GET, clock.now)
+    assert not_modified(hit.etag, hit.last_modified, again.header("if-none-match"), None)  # edge answers 304
+    assert store.get(key, request("/album/1", "Accept-Encoding: br").header, clock.now) is None  # other variant
+
+    clock.advance(30)  # age 40 > 30: stale
+    stale = store.get(key, again.header, clock.now)
+    assert stale is entry and not stale.satisfies(PLAIN_GET, clock.now) and stale.validators
+    lines, names = revalidation_headers(again.lines, again.names, stale.etag, stale.last_modified)
+    assert header_value(lines, "if-none-match") == ['"v1"'] and header_value(lines, "accept-encoding") == ["gzip"]
+    assert names == [b"accept-encoding", b"if-none-match"]
+
+    answer = response(304, 'ETag: "v1"', "Cache-Control: max-age=300")
+    merged_lines, merged_names = merge_304(stale.lines, stale.names, answer.lines, answer.names)
+    rp = response_plan(plan, stale.status, merged_lines, merged_names, 60.0, WALL + 40)
+    store.refresh(stale, merged_lines, merged_names, rp, clock.now)
+    assert store.get(key, req.header, clock.now).satisfies(PLAIN_GET, clock.now)
+    assert b"".join(entry.chunks) == b"<html>album</html>"
+    served = entry.head_lines(clock.now)
+    assert header_value(served, "age") == ["0"] and header_value(served, "cache-control") == ["max-age=300"]
+
+
+def test_the_shell_may_edit_its_header_lists_after_begin() -> None:
+    store = MemoryStore(1 << 20)
+    head = response(200, "Content-Type: text/html")
+    writer = store.begin(KEY, no_headers, 200, b"OK", head.lines, head.names, plan_of(), 0.0)
+    head.lines.append(b"X-Edge-Quality: low\r\n")
+    head.names.append(b"x-edge-quality")
+    entry = writer.commit()
+    assert header_value(entry.lines, "x-edge-quality") == []
