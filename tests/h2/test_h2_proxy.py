@@ -265,3 +265,31 @@ def _upstream_busy(edge: Edge) -> bool:
         ["ss", "-tnH", "state", "established", f"( sport = :{edge.port} )"], capture_output=True, text=True, check=False
     )
     return bool(out.stdout.strip())
+
+
+def test_idle_connection_gets_goaway_and_close(pki) -> None:
+    demo = DemoUpstream("idle")
+    port = free_port()
+    policy = f"""
+version: 1
+limits: {{idle_timeout: 300ms}}
+listeners:
+  websecure:
+    listen: ["127.0.0.1:{port}"]
+    tls: {{certificates: [{{cert: "{pki.cert}", key: "{pki.key}"}}]}}
+services:
+  app: {{upstreams: [{{url: "{demo.url}"}}]}}
+routes:
+  - {{service: app}}
+"""
+    edge = Edge(policy, port)
+    client = H2Client(port, str(pki.root))
+    try:
+        assert client.get("/headers").status == 200
+        with pytest.raises(ConnectionError):
+            client.wait(lambda: False, timeout=10, what="the server closing an idle connection")
+        assert client.goaway is not None and client.goaway.error_code == ErrorCodes.NO_ERROR
+    finally:
+        client.close()
+        edge.stop()
+        demo.stop()
