@@ -662,6 +662,9 @@ class H2Stream:
         """Answer this stream ourselves (no upstream involved)."""
         self.status = status
         self.resp_started = True
+        now = self.conn.server.loop.time()
+        self.active = now  # a client that never opens its window for our answer is cut like a stalled download
+        self._set_deadline(now + self.conn.server.runtime.limits.idle_timeout, _STREAM)
         headers, body = local_response(status, detail, _REASONS.get(status, "Error"), list(extra))
         head_only = self.head is not None and self.head.method == b"HEAD"
         try:
