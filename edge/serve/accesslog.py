@@ -70,7 +70,7 @@ class AccessLog:
         self._loop = loop
 
     def log(self, record: tuple) -> None:
-        """record: (wall_time, client, host, method, path, status, bytes, duration, upstream, route)."""
+        """record: (wall_time, client, host, method, path, status, bytes, duration, upstream, route, tier, cache)."""
         queue = self.queue
         queue.append(record)
         if len(queue) == 1 and self._loop is not None:
@@ -93,7 +93,8 @@ class AccessLog:
         escape = self._escaped
         last_second = -1
         prefix = ""
-        for wall, client, host, method, path, status, size, duration, upstream, route in queue:
+        for wall, client, host, method, path, status, size, duration, upstream, route, *features in queue:
+            tier, cache = features if features else (None, None)
             second = int(wall)
             if second != last_second:  # one strftime per second of records, not one per record
                 last_second = second
@@ -102,7 +103,10 @@ class AccessLog:
                 # client is an IP, method a token, host matched edge's Host grammar: no escaping needed
                 f'{prefix}.{int(wall * 1000) % 1000:03d}Z","client":"{client}","host":"{host}","method":"{method}",'
                 f'"path":{_s(path)},"status":{status},"bytes":{size},"duration":{duration:.6f},'
-                f'"upstream":{escape(upstream)},"route":{escape(route)}}}\n'
+                f'"upstream":{escape(upstream)},"route":{escape(route)}'
+                + (f',"tier":{escape(tier)}' if tier is not None else "")
+                + (f',"cache":"{cache}"' if cache is not None else "")
+                + "}\n"
             )
         data = "".join(lines).encode("utf-8", "replace")
         try:

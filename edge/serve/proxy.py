@@ -21,16 +21,18 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from edge.cache.fallback import SERVE_STALE, USE_SERVICE, fallback_for
 from edge.http import proxyproto
 from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import ProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
 from edge.ratelimit import ALLOWED
 from edge.route import normalize_host
+from edge.serve.features import Features, tcp_rtt
 
 if TYPE_CHECKING:
     from edge.balance import UpstreamState
     from edge.serve.pool import UpstreamPool
-    from edge.serve.runtime import RouteRuntime, Runtime
+    from edge.serve.runtime import RouteRuntime, Runtime, ServiceRuntime
     from edge.serve.server import Server
 
 __all__ = ["ClientConnection", "UpstreamConnection", "error_response"]
@@ -115,13 +117,18 @@ class ClientConnection(asyncio.Protocol):
         "_balance_key",
         "_body_pending",
         "_bytes",
+        "_bytes_mark",
+        "_client",
         "_close_after",
         "_closed",
         "_deferred",
+        "_fell_back",
+        "_fx",
         "_gen",
         "_head",
         "_in_feed",
         "_out",
+        "_paced",
         "_paused",
         "_pending",
         "_pool",
@@ -133,10 +140,13 @@ class ClientConnection(asyncio.Protocol):
         "_resp_delimited",
         "_resp_no_body",
         "_resp_started",
+        "_resp_t0",
         "_retained",
         "_retained_size",
         "_route",
         "_rt",
+        "_rtt_seen",
+        "_service",
         "_status",
         "_t0",
         "_to_lease",
@@ -182,6 +192,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_port = 0
         self._in_feed = False
         self._to_lease: UpstreamState | None = None
+        self._rtt_seen = False
         self._reset()
 
     def _reset(self) -> None:
@@ -206,6 +217,13 @@ class ClientConnection(asyncio.Protocol):
         self._attempts = 0
         self._tried: list[UpstreamState] | None = None
         self._upstream_label: str | None = None
+        self._service: ServiceRuntime | None = None
+        self._fx: Features | None = None
+        self._client: str | None = None
+        self._fell_back = False
+        self._paced = False
+        self._resp_t0 = 0.0
+        self._bytes_mark = 0
         self._uindex = -1
         self._gen = -1
         self._balance_key: str | None = None
@@ -309,7 +327,7 @@ class ClientConnection(asyncio.Protocol):
             # The client left mid-exchange: the upstream connection's state is unknown.
             self._up = None
             up.client = None
-            up.close()
+            up.abort()
         if self._pool is not None:
             self._pool.cancel_wait(self)
         if self._head is not None and self._ustate is not None and not self._resp_started:
@@ -325,10 +343,10 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         up = self._tunnel or self._up
-        if up is not None:
+        if up is not None and not self._paced:
             up.transport.resume_reading()
         if self.deadline_kind == _STREAM:
-            self.deadline = self.server.loop.time() + self._route.service.policy.timeouts.idle  # type: ignore[union-attr]
+            self.deadline = self.server.loop.time() + self._service.policy.timeouts.idle  # type: ignore[union-attr]
 
     def pause_reading(self, reason: int) -> None:
         if not self._paused and not self._closed:
@@ -453,22 +471,38 @@ class ClientConnection(asyncio.Protocol):
             self._local(404, "no route for this host and path")
             return
         self._route = route
+        self._service = route.service
         limits = rt.limits
         if limits.max_body_size is not None and head.content_length and head.content_length > limits.max_body_size:
             self._local(413, "request body too large", close=True)
             return
-        service = route.service
-        guarded = (
-            route.limiter is not None or service.breaker is not None or service.hash_key is not None
-            or route.geo is not None or route.zones is not None
-        )
-        if guarded and not self._admit(head, rt, route):
+        if route.guarded and not self._admit(head, rt, route):
             return
+        self._dispatch(head)
+
+    def _dispatch(self, head: RequestHead) -> None:
+        """Breaker, balancer, lease: send the request to an upstream of ``self._service``."""
+        service = self._service
+        assert service is not None
+        breaker = service.breaker
+        if breaker is not None:
+            now = self.server.loop.time()
+            if not breaker.allow(now):
+                self._unavailable("circuit open", breaker.retry_after(now))
+                return
+            self._gen = breaker.generation
+        hash_key = service.hash_key
+        if hash_key is not None:
+            route = self._route
+            assert route is not None
+            self._balance_key = hash_key.key(self._client_ip(), head.header, route.label)
         ustate = service.balancer.pick(self._balance_key)
         if ustate is None:
-            retry = service.health.retry_after(server.loop.time())
-            self._local(503, "no healthy upstream", extra=b"Retry-After: %d\r\n" % retry)
+            self._unavailable("no healthy upstream", service.health.retry_after(self.server.loop.time()))
             return
+        fx = self._fx
+        if fx is not None:
+            fx.sent_at = self.server.loop.time()
         if head.upgrade is not None:
             self._close_after = True  # after a refused upgrade the client's byte stream is not HTTP
         if head.has_body():
@@ -485,11 +519,63 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._lease(ustate)
 
+    def _client_ip(self) -> str:
+        """The real client address (forwarding headers believed only from trusted proxies)."""
+        client = self._client
+        if client is None:
+            head = self._head
+            assert head is not None and self._rt is not None
+            client = self._client = real_client_ip(head, self.peer, self._rt.trusted)
+        return client
+
+    def _unavailable(self, reason: str, retry_after: int) -> None:
+        """The service cannot take the request: its ``fallback``, else 503 with Retry-After."""
+        service = self._service
+        head = self._head
+        assert service is not None and head is not None
+        fallback = service.policy.fallback
+        if fallback != "none":
+            fx = self._fx
+            verdict = fallback_for(fallback, fx.entry if fx is not None else None, self.server.loop.time(),
+                                   head.method)
+            if verdict.kind == SERVE_STALE and verdict.entry is not None:
+                assert fx is not None
+                fx.cache_status = "stale"
+                self._serve_entry(verdict.entry, stale=True)
+                return
+            if verdict.kind == USE_SERVICE and not self._fell_back and self._rt is not None:
+                degraded = self._rt.services.get(verdict.service or "")
+                if degraded is not None:
+                    self._fell_back = True
+                    self._service = degraded
+                    self._dispatch(head)
+                    return
+        self._local(503, reason, extra=b"Retry-After: %d\r\n" % retry_after)
+
+    def _serve_entry(self, entry, stale: bool) -> None:
+        """Answer the active request from a cached copy (a hit, or stale for ``fallback``)."""
+        fx = self._fx
+        head = self._head
+        route = self._route
+        assert fx is not None and head is not None and route is not None
+        if head.has_body() and not self._req_done:
+            self._close_after = True
+        connection = b"Connection: close\r\n" if self._close_after else (
+            b"Connection: keep-alive\r\n" if head.version == b"1.0" else b"")
+        status, data, chunks, size = fx.entry_response(entry, head, self.server.loop.time(), stale,
+                                                       route.add_response, connection)
+        self._status = status
+        self._resp_started = True
+        self._bytes = size if chunks else 0
+        self._out.append(data)
+        self._out.extend(chunks)
+        self._finish()
+
     def _admit(self, head: RequestHead, rt: Runtime, route: RouteRuntime) -> bool:
-        """Rate limit and circuit breaker; False when the request was answered (429/503)."""
+        """Zones, GeoIP, rate limit, quality tier, cache; False when the request was answered."""
         server = self.server
         now = server.loop.time()
-        client = real_client_ip(head, self.peer, rt.trusted)
+        client = self._client_ip()
         if route.zones is not None and not (rt.zone_matcher and rt.zone_matcher.allowed(route.zones, client)):
             self._local(403, "this route is not open to your network zone")
             return False
@@ -509,16 +595,24 @@ class ClientConnection(asyncio.Protocol):
                 extra = "".join(f"{name}: {value}\r\n" for name, value in limiter.headers(decision))
                 self._local(429, "rate limited", extra=extra.encode("latin-1"))
                 return False
-        service = route.service
-        breaker = service.breaker
-        if breaker is not None:
-            if not breaker.allow(now):
-                self._local(503, "circuit open", extra=b"Retry-After: %d\r\n" % breaker.retry_after(now))
+        if route.chooser is None and route.cache_ttl is None:
+            return True
+        fx = self._fx = Features()
+        if route.chooser is not None:
+            if not self._rtt_seen:
+                self._rtt_seen = True
+                rtt = tcp_rtt(self.transport.get_extra_info("socket"))
+                if rtt is not None:
+                    server.clients.observe_rtt(client, rtt, now)
+            fx.choose_tier(route.chooser, head, server.clients, client, now)
+        if route.cache_ttl is not None:
+            found = fx.lookup(server.cache_store, head, self.proto, route.cache_ttl, now)
+            if found == "hit":
+                self._serve_entry(fx.entry, stale=False)
                 return False
-            self._gen = breaker.generation
-        hash_key = service.hash_key
-        if hash_key is not None:
-            self._balance_key = hash_key.key(client, head.header, route.label)
+            if found == "only-if-cached":
+                self._local(504, "not in the cache (only-if-cached)")
+                return False
         return True
 
     def _record(self, status: int) -> None:
@@ -528,7 +622,8 @@ class ClientConnection(asyncio.Protocol):
         if index < 0 or route is None:
             return
         self._uindex = -1
-        service = route.service
+        service = self._service
+        assert service is not None
         now = self.server.loop.time()
         service.health.record_response(index, status, now)
         breaker = service.breaker
@@ -564,7 +659,7 @@ class ClientConnection(asyncio.Protocol):
             return
         route = self._route
         assert route is not None
-        self.deadline = self.server.loop.time() + route.service.response_timeout
+        self.deadline = self.server.loop.time() + self._service.response_timeout  # type: ignore[union-attr]
         self.deadline_kind = _UPSTREAM
 
     def _lease_parsed(self) -> None:
@@ -586,7 +681,7 @@ class ClientConnection(asyncio.Protocol):
         self._ustate = ustate
         self._uindex = ustate.index
         self._upstream_label = ustate.label
-        pool = route.service.pools[ustate.index]
+        pool = self._service.pools[ustate.index]  # type: ignore[union-attr]
         self._pool = pool
         pool.acquire(self)
 
@@ -637,7 +732,7 @@ class ClientConnection(asyncio.Protocol):
         if self.deadline_kind == _POOL:
             self._wait_upstream() if self._req_done else self._body_deadline()
         data = self._request_bytes()
-        if not reused and self._route is not None and self._route.service.policy.send_proxy_protocol:
+        if not reused and self._service is not None and self._service.policy.send_proxy_protocol:
             local = self.transport.get_extra_info("sockname") or ("0.0.0.0", 0)
             data = proxyproto.build_v2((self.peer, self.peer_port), (local[0], local[1])) + data
         pre = self._pre
@@ -670,7 +765,9 @@ class ClientConnection(asyncio.Protocol):
         route = self._route
         if head is None or route is None or self._resp_started or head.upgrade is not None:
             return False
-        if head.method not in _IDEMPOTENT or self._attempts > route.service.retries:
+        service = self._service
+        assert service is not None
+        if head.method not in _IDEMPOTENT or self._attempts > service.retries:
             return False
         if head.has_body() and self._retained is None:
             return False
@@ -681,7 +778,7 @@ class ClientConnection(asyncio.Protocol):
             failed.inflight -= 1
             self._ustate = None
         self._tried = tried
-        nxt = next((u for u in route.service.balancer.candidates(None) if u not in tried), None)
+        nxt = next((u for u in service.balancer.candidates(None) if u not in tried), None)
         if nxt is None:
             return False
         self._attempts += 1
@@ -734,13 +831,31 @@ class ClientConnection(asyncio.Protocol):
             if status != 100 and head.version == b"1.1":
                 self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, rh.reason, b"".join(rh.lines)))
             return
-        self._status = status
-        self._resp_started = True
         self._record(status)
         ustate = self._ustate
         if ustate is not None:
             ustate.inflight -= 1
             self._ustate = None
+        fx = self._fx
+        if fx is not None:
+            server = self.server
+            now = server.loop.time()
+            entry = fx.revalidated(rh, server.cache_store, now, server.wall_offset + _clock())
+            if entry is not None:  # our conditional request came back 304: answer from the copy
+                self._resp_no_body = True
+                connection = b"Connection: close\r\n" if self._close_after or not self._req_done else b""
+                status, data, chunks, size = fx.entry_response(entry, head, now, False, route.add_response, connection)
+                self._status = status
+                self._resp_started = True
+                self._bytes = size if chunks else 0
+                self._out.append(data)
+                self._out.extend(chunks)
+                return
+            fx.response_head(rh, head, server.cache_store if route.cache_ttl is not None else None, now,
+                             server.wall_offset + _clock())
+            self._resp_t0 = now
+        self._status = status
+        self._resp_started = True
         no_body = head.method == b"HEAD" or status == 204 or status == 304
         self._resp_no_body = no_body
         if no_body:
@@ -776,6 +891,13 @@ class ClientConnection(asyncio.Protocol):
     def response_body(self, data: bytes) -> None:
         if self._resp_no_body or self._head is None:
             return
+        fx = self._fx
+        if fx is not None:
+            data = fx.body(data)
+            if not data:
+                return
+            if fx.pacer is not None:
+                self._pace(fx.pacer, len(data))
         self._bytes += len(data)
         if self._resp_chunked:
             self._out.append(b"%x\r\n" % len(data))
@@ -789,6 +911,13 @@ class ClientConnection(asyncio.Protocol):
     def response_end(self) -> None:
         if self._head is None or not self._resp_started:
             return  # 1xx interim responses end here too
+        fx = self._fx
+        if fx is not None and not self._resp_no_body:
+            tail = fx.end()
+            if tail:
+                self._bytes += len(tail)
+                self._out.append(b"%x\r\n%s\r\n" % (len(tail), tail) if self._resp_chunked else tail)
+            self._measure(fx)
         if self._resp_chunked:
             self._out.append(b"0\r\n\r\n")
         up = self._up
@@ -796,14 +925,49 @@ class ClientConnection(asyncio.Protocol):
             self._up = None
             up.client = None
             # a connection that carried a PROXY header speaks for one client: never shared
-            private = self._route is not None and self._route.service.policy.send_proxy_protocol
+            private = self._service is not None and self._service.policy.send_proxy_protocol
             reusable = self._req_done and not self._resp_delimited and head_ok(self._head) and not private
             if reusable and up.keep_alive_ok():
                 assert self._pool is not None
+                if self._write_paused or self._paced:
+                    up.transport.resume_reading()  # paused on our behalf; the next user needs it reading
                 self._pool.release(up)
-            else:
+            elif self._req_done:
                 up.close()
+            else:
+                up.abort()  # answered before our body went out: the rest would never be read
         self._finish()
+
+    def _pace(self, pacer, size: int) -> None:
+        """max_rate: count the bytes; when over budget, pause the upstream until tokens return."""
+        loop = self.server.loop
+        now = loop.time()
+        pacer.consume(size)
+        if self._paced or pacer.allowance(now) > 0:
+            return
+        up = self._up
+        if up is None:
+            return
+        self._paced = True
+        up.transport.pause_reading()
+        loop.call_later(pacer.delay_until_next(now), self._resume_paced)
+
+    def _resume_paced(self) -> None:
+        self._paced = False
+        up = self._up
+        if up is not None and not self._write_paused and not self._closed:
+            up.transport.resume_reading()
+
+    def _measure(self, fx: Features) -> None:
+        """How fast this client drains a large response: input for its quality tier."""
+        tier = fx.tier
+        if tier is None or self._bytes < 65536:
+            return
+        server = self.server
+        now = server.loop.time()
+        delivered = self._bytes - self.transport.get_write_buffer_size()
+        server.clients.observe_throughput(self._client_ip(), delivered, now - self._resp_t0, now,
+                                          paced_at=tier.max_rate)
 
     def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The upstream answered 101: from now on both sides are a byte pipe."""
@@ -846,13 +1010,14 @@ class ClientConnection(asyncio.Protocol):
         now = _clock()
         duration = now - self._t0
         status = self._status
-        service = route.service.name if route is not None else ""
+        service = self._service.name if self._service is not None else ""
         if route is not None:
             route.metrics.observe(service, status, duration)
         else:
             server.unrouted.observe("", status, duration)
         log = server.access_log
         if log.enabled:
+            fx = self._fx
             upstream = self._upstream_label
             log.log(
                 (
@@ -866,6 +1031,8 @@ class ClientConnection(asyncio.Protocol):
                     duration,
                     upstream,
                     route.label if route is not None else None,
+                    fx.tier.name if fx is not None and fx.tier is not None else None,
+                    fx.cache_status if fx is not None else None,
                 )
             )
 
@@ -912,11 +1079,13 @@ class ClientConnection(asyncio.Protocol):
 
     def _fail(self, status: int, detail: str, close: bool = False) -> None:
         """An exchange failed: answer with ``status`` if nothing was sent yet, else cut the connection."""
+        if self._fx is not None:
+            self._fx.abort()
         up = self._up
         if up is not None:
             self._up = None
             up.client = None
-            up.close()
+            up.abort()
         if self._pool is not None:
             self._pool.cancel_wait(self)
         ustate = self._ustate
@@ -949,7 +1118,7 @@ class ClientConnection(asyncio.Protocol):
             up = self._up
             self._up = None
             up.client = None
-            up.close()
+            up.abort()
         if self._ustate is not None:
             self._ustate.inflight -= 1
             self._ustate = None
@@ -990,6 +1159,12 @@ class ClientConnection(asyncio.Protocol):
         elif kind == _BODY:
             self._fail(408, "request body stalled", close=True)
         elif kind == _STREAM:
+            if self._bytes != self._bytes_mark:  # still moving: the idle timeout is about silence
+                self._bytes_mark = self._bytes
+                service = self._service
+                self.deadline = now + (service.policy.timeouts.idle if service is not None else 60.0)
+                self.deadline_kind = _STREAM
+                return
             self._abort()
 
     def drain(self) -> None:
@@ -1098,3 +1273,8 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now, buffered bytes and all (an upstream that stopped reading)."""
+        if not self.closed and self.transport is not None:
+            self.transport.abort()

@@ -17,6 +17,7 @@ from edge.geoip import GeoRule
 from edge.health import ServiceHealth
 from edge.http.forwarding import TrustedProxies
 from edge.policy.model import Policy, Route, Service
+from edge.quality import TierChooser
 from edge.ratelimit import KeySpec, RateLimiter
 from edge.route import Router
 from edge.serve.metrics import Metrics, RouteMetrics
@@ -53,7 +54,8 @@ class ServiceRuntime:
 
 
 class RouteRuntime:
-    __slots__ = ("add_request", "add_response", "geo", "label", "limiter", "metrics", "policy", "service", "zones")
+    __slots__ = ("add_request", "add_response", "cache_ttl", "chooser", "geo", "guarded", "label", "limiter", "metrics",
+                 "policy", "service", "zones")
 
     def __init__(
         self, label: str, policy: Route, service: ServiceRuntime, metrics: RouteMetrics, limiter: RateLimiter | None
@@ -65,6 +67,9 @@ class RouteRuntime:
         self.limiter = limiter
         self.geo = GeoRule(policy.geoip) if policy.geoip is not None else None
         self.zones = frozenset(policy.zones) if policy.zones is not None else None
+        self.chooser: TierChooser | None = None  # set by compile_runtime from quality_profiles
+        self.cache_ttl = policy.cache.ttl if policy.cache is not None else None
+        self.guarded = False  # any per-request check beyond routing (see compile_runtime)
         headers = policy.headers
         self.add_response = b"".join(
             f"{k}: {v}\r\n".encode("latin-1") for k, v in (headers.add_response.items() if headers else ())
@@ -133,11 +138,17 @@ def compile_runtime(
         limiter = runtime.limiters[name] = RateLimiter(name, limit)
         if name in old_limiters:
             limiter.carry_over(old_limiters[name], now)
+    choosers: dict[str, TierChooser] = {}
     for index, route in enumerate(policy.routes):
         label = route_label(index, route)
         limiter = runtime.limiters.get(route.rate_limit) if route.rate_limit else None
         service = runtime.services[route.service]
-        runtime.routes.append(RouteRuntime(label, route, service, metrics.route(label), limiter))
+        compiled = RouteRuntime(label, route, service, metrics.route(label), limiter)
+        if route.quality is not None:
+            compiled.chooser = choosers.setdefault(route.quality, TierChooser(policy.quality_profiles[route.quality]))
+        checks = (compiled.limiter, compiled.geo, compiled.zones, compiled.chooser, compiled.cache_ttl)
+        compiled.guarded = any(x is not None for x in checks)
+        runtime.routes.append(compiled)
     for listener in policy.listeners:
         entries = [
             (rr.policy.host, rr.policy.path_prefix, rr)

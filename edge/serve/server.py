@@ -18,8 +18,10 @@ import time
 
 from edge.acme import AcmeManager
 from edge.ca import ensure_internal
+from edge.cache.store import MemoryStore
 from edge.geoip import GeoIPDatabase
 from edge.policy import Policy, PolicyErrors, load_policy
+from edge.quality import ClientMeasurements
 from edge.serve.accesslog import AccessLog
 from edge.serve.health_checks import ActiveHealthChecks
 from edge.serve.metrics import Metrics, RouteMetrics
@@ -61,6 +63,9 @@ class Server:
         self._stopped = asyncio.Event()
         self.metrics.collectors.append(self._upstream_metrics)
         self.health_checks = ActiveHealthChecks(loop)
+        # kept across reloads: what edge learnt about clients, and the response cache
+        self.clients = ClientMeasurements()
+        self.cache_store = MemoryStore(policy.cache.max_size)
         self.geoip: GeoIPDatabase | None = None
         self._sync_geoip(policy)
         self._next_limiter_sweep = 0.0
@@ -68,7 +73,7 @@ class Server:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.access_log.start(self.loop)
-        if self.policy.state.file and load_state(self.runtime, self.policy.state.file, self.loop.time()):
+        if self.policy.state.file and load_state(self.runtime, self.policy.state.file, self.loop.time(), self.clients):
             log.info("state restored from %s", self.policy.state.file)
         await self._sync_listeners(self.policy)
         if self.policy.admin is not None:
@@ -113,7 +118,7 @@ class Server:
             conn.transport.abort()
         if self.policy.state.file:
             try:
-                save_state(self.runtime, self.policy.state.file, self.loop.time())
+                save_state(self.runtime, self.policy.state.file, self.loop.time(), self.clients)
             except OSError as exc:
                 log.error("state not saved to %s: %s", self.policy.state.file, exc)
         for service in self.runtime.services.values():
@@ -382,6 +387,8 @@ class Server:
                 self._next_limiter_sweep = now + 10.0
                 for limiter in self.runtime.limiters.values():
                     limiter.sweep(now)
+                self.clients.sweep(now)
+                self.cache_store.sweep(now)
             if now >= self._next_cert_check:
                 self._next_cert_check = now + CERT_CHECK_INTERVAL
                 self._renew_internal_certificates()

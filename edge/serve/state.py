@@ -1,4 +1,4 @@
-"""``state.file``: rate-limit buckets and bans, breaker states and upstream health, kept across restarts.
+"""``state.file``: rate-limit buckets and bans, breakers, upstream health and client measurements.
 
 Written (msgpack, atomically: temp file + rename, mode 0600) on shutdown and read back at
 start. Every part exports clock-independent data (tokens now, seconds left), so a saved
@@ -16,6 +16,7 @@ import time
 
 import msgpack
 
+from edge.quality import ClientMeasurements
 from edge.serve.runtime import Runtime
 
 __all__ = ["load_state", "save_state"]
@@ -25,7 +26,7 @@ FORMAT = 1
 MAX_AGE = 24 * 3600.0  # older state is stale: the world moved on
 
 
-def save_state(runtime: Runtime, path: str, now: float) -> None:
+def save_state(runtime: Runtime, path: str, now: float, clients: ClientMeasurements | None = None) -> None:
     data = {
         "format": FORMAT,
         "saved_at": time.time(),
@@ -36,6 +37,7 @@ def save_state(runtime: Runtime, path: str, now: float) -> None:
             if service.breaker is not None
         },
         "health": {name: service.health.export_state(now) for name, service in runtime.services.items()},
+        "clients": clients.export_state(now) if clients is not None else {},
     }
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -50,7 +52,7 @@ def save_state(runtime: Runtime, path: str, now: float) -> None:
         raise
 
 
-def load_state(runtime: Runtime, path: str, now: float) -> bool:
+def load_state(runtime: Runtime, path: str, now: float, clients: ClientMeasurements | None = None) -> bool:
     """Import what ``path`` holds into ``runtime``; False (and a log line) if nothing was usable."""
     try:
         with open(path, "rb") as handle:
@@ -80,6 +82,8 @@ def load_state(runtime: Runtime, path: str, now: float) -> bool:
             service = runtime.services.get(name)
             if service is not None:
                 service.health.import_state(saved, now)
+        if clients is not None and data.get("clients"):
+            clients.import_state(data["clients"], now)
     except (TypeError, ValueError, AttributeError) as exc:
         log.warning("state file %s partly used: %s", path, exc)
     return True

@@ -1,0 +1,219 @@
+"""Quality tiers and the response cache on the data path: the per-request glue.
+
+Only routes with ``quality:`` or ``cache:`` pay for any of this: the client connection
+creates one ``Features`` object for such a request and calls in at fixed points
+(request head, response head, body, end). Everything that decides lives in the pure
+modules ``edge.quality`` and ``edge.cache``; this module turns their answers into
+header lines and response bytes and never touches a transport.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from edge.cache.policy import (
+    cache_key,
+    merge_304,
+    not_modified,
+    request_plan_from_head,
+    response_plan,
+    revalidation_headers,
+)
+from edge.cache.store import Entry, EntryWriter, MemoryStore
+from edge.http.h1 import RequestHead, ResponseHead
+from edge.quality import (
+    ACCEPT_CH_LINE,
+    ClientHints,
+    ClientMeasurements,
+    GzipStream,
+    Pacer,
+    TierChooser,
+    compressed_head,
+    compression_level,
+    is_html,
+    merge_vary,
+    set_header,
+    should_compress,
+)
+
+if TYPE_CHECKING:
+    from edge.policy.model import Tier
+
+__all__ = ["Features", "tcp_rtt"]
+
+_TCP_INFO_RTT = struct.Struct("=I")  # tcpi_rtt (microseconds), the 16th u32 after 8 bytes of u8 fields
+_TCP_INFO_RTT_OFFSET = 8 + 15 * 4
+
+
+def tcp_rtt(sock: socket.socket | None) -> float | None:
+    """The kernel's smoothed RTT of a TCP connection, in seconds (Linux TCP_INFO)."""
+    if sock is None or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_RTT_OFFSET + 4:
+        return None
+    (rtt_us,) = _TCP_INFO_RTT.unpack_from(info, _TCP_INFO_RTT_OFFSET)
+    return rtt_us / 1e6 if rtt_us else None
+
+
+class Features:
+    """One request's tier and cache state."""
+
+    __slots__ = (
+        "cache_status", "chooser", "entry", "gzip", "key", "pacer", "plan", "revalidating", "sent_at", "tier", "ttl",
+        "writer",
+    )
+
+    def __init__(self) -> None:
+        self.chooser: TierChooser | None = None
+        self.tier: Tier | None = None
+        self.plan = None
+        self.key: bytes | None = None
+        self.entry: Entry | None = None
+        self.revalidating = False
+        self.writer: EntryWriter | None = None
+        self.gzip: GzipStream | None = None
+        self.pacer: Pacer | None = None
+        self.ttl = 0.0
+        self.sent_at = 0.0
+        self.cache_status: str | None = None
+
+    # -- request side ---------------------------------------------------------------------
+    def choose_tier(self, chooser: TierChooser, head: RequestHead, clients: ClientMeasurements, client: str,
+                    now: float) -> None:
+        """Pick the tier and put it in the upstream request (a client-sent value is replaced)."""
+        tier = chooser.choose(ClientHints.from_head(head), clients.get(client, now), now)
+        self.chooser = chooser
+        self.tier = tier
+        set_header(head.lines, head.names, chooser.lheader, chooser.header_lines[tier.name])
+
+    def lookup(self, store: MemoryStore, head: RequestHead, scheme: bytes, ttl: float, now: float) -> str:
+        """'hit' (answer from ``self.entry``), 'miss' (forward), or 'only-if-cached' (504)."""
+        self.ttl = ttl
+        method = head.method
+        if method not in (b"GET", b"HEAD"):
+            if method not in (b"OPTIONS", b"TRACE"):  # an unsafe request makes stored copies stale
+                store.delete(cache_key(head.host or b"", head.target, self.tier.name if self.tier else None, scheme))
+            self.cache_status = "bypass"
+            return "miss"
+        plan = self.plan = request_plan_from_head(head)
+        if not plan.lookup:
+            self.cache_status = "bypass"
+            return "miss"
+        key = self.key = cache_key(head.host or b"", head.target, self.tier.name if self.tier else None, scheme)
+        entry = self.entry = store.get(key, head.header, now, plan.explicit_only)
+        if entry is not None and entry.satisfies(plan, now):
+            self.cache_status = "hit"
+            return "hit"
+        if plan.only_if_cached:
+            return "only-if-cached"
+        self.cache_status = "miss"
+        if entry is not None and entry.validators:
+            head.lines, head.names = revalidation_headers(head.lines, head.names, entry.etag, entry.last_modified)
+            self.revalidating = True
+        return "miss"
+
+    # -- answering from the cache ------------------------------------------------------------
+    def entry_response(self, entry: Entry, head: RequestHead, now: float, stale: bool, extra: bytes,
+                       connection: bytes) -> tuple[int, bytes, list[bytes], int]:
+        """(status, head bytes, body chunks, body size) of a response served from ``entry``."""
+        if not stale and not_modified(entry.etag, entry.last_modified, head.header("if-none-match"),
+                                      head.header("if-modified-since")):
+            lines = entry.not_modified_lines(now)
+            data = b"HTTP/1.1 304 Not Modified\r\n%s%s%s%s\r\n" % (b"".join(lines), self._tier_lines(), extra,
+                                                                     connection)
+            return 304, data, [], 0
+        lines = entry.head_lines(now, stale=stale)
+        data = b"HTTP/1.1 %d %s\r\n%s%sContent-Length: %d\r\n%s%s\r\n" % (
+            entry.status, entry.reason, b"".join(lines), self._tier_lines(), entry.body_size, extra, connection)
+        chunks = [] if head.method == b"HEAD" else entry.chunks
+        return entry.status, data, chunks, entry.body_size
+
+    def _tier_lines(self) -> bytes:
+        chooser = self.chooser
+        if chooser is None or self.tier is None:
+            return b""
+        lines = [chooser.header_lines[self.tier.name]]
+        names = [chooser.lheader]
+        merge_vary(lines, names, chooser.vary)
+        return b"".join(lines)
+
+    # -- response side ------------------------------------------------------------------------
+    def revalidated(self, rh: ResponseHead, store: MemoryStore, now: float, wall: float) -> Entry | None:
+        """The upstream's 304 to our revalidation: refresh the entry and return it, else None."""
+        entry = self.entry
+        if not self.revalidating or rh.status != 304 or entry is None or self.plan is None:
+            return None
+        lines, names = merge_304(entry.lines, entry.names, rh.lines, rh.names)
+        plan = response_plan(self.plan, entry.status, lines, names, self.ttl, wall, max(0.0, now - self.sent_at))
+        if plan is not None:
+            store.refresh(entry, lines, names, plan, now)
+        self.cache_status = "revalidated"
+        return entry
+
+    def response_head(self, rh: ResponseHead, head: RequestHead, store: MemoryStore | None, now: float,
+                      wall: float) -> None:
+        """Start storing the response if it may be, then add the tier's lines and maybe gzip."""
+        if store is not None and self.plan is not None and self.key is not None and head.method == b"GET":
+            plan = response_plan(self.plan, rh.status, rh.lines, rh.names, self.ttl, wall,
+                                 max(0.0, now - self.sent_at))
+            if plan is not None:
+                self.writer = store.begin(self.key, head.header, rh.status, rh.reason, rh.lines, rh.names, plan,
+                                          now, rh.content_length)
+        chooser = self.chooser
+        tier = self.tier
+        if chooser is None or tier is None:
+            return
+        lines, names = rh.lines, rh.names
+        if rh.status >= 200:
+            encoding = should_compress(head.header("accept-encoding"), rh, tier.compress)
+            if encoding == "gzip" and head.method != b"HEAD":
+                lines, names = compressed_head(lines, names)
+                rh.content_length = None
+                rh.chunked = True
+                self.gzip = GzipStream(compression_level(tier))
+            content_type = _value(lines, names, b"content-type")
+            if is_html(content_type):
+                lines.append(ACCEPT_CH_LINE)
+                names.append(b"accept-ch")
+        lines.append(chooser.header_lines[tier.name])
+        names.append(chooser.lheader)
+        merge_vary(lines, names, chooser.vary)
+        rh.lines, rh.names = lines, names
+        if tier.max_rate:
+            self.pacer = Pacer(tier.max_rate, now)
+
+    def body(self, data: bytes) -> bytes:
+        """Store the upstream's bytes (uncompressed), return what goes to the client."""
+        writer = self.writer
+        if writer is not None and not writer.append(data):
+            self.writer = None  # too large for the cache: the entry was dropped
+        gzip = self.gzip
+        return gzip.feed(data) if gzip is not None else data
+
+    def end(self) -> bytes:
+        """The response is complete: commit the stored copy; the gzip trailer, if any."""
+        writer = self.writer
+        if writer is not None:
+            self.writer = None
+            writer.commit()
+        gzip = self.gzip
+        return gzip.finish() if gzip is not None else b""
+
+    def abort(self) -> None:
+        writer = self.writer
+        if writer is not None:
+            self.writer = None
+            writer.abandon()
+
+
+def _value(lines: list[bytes], names: list[bytes], lname: bytes) -> str | None:
+    for index, name in enumerate(names):
+        if name == lname:
+            return lines[index][len(name) + 1 : -2].strip().decode("latin-1")
+    return None
