@@ -2,7 +2,8 @@
 
 ``python -m edge.demo --listen 127.0.0.1:8081 [--listen ...] [--name NAME]``:
 ``/`` a page showing what edge forwarded, ``/echo`` returns the request body,
-``/bytes/N`` N bytes, ``/status/N`` that status, ``/slow/SECONDS`` a late answer,
+``/bytes/N`` N bytes, ``/html/N`` N bytes of HTML, ``/count`` a counter (for caches),
+``/status/N`` that status, ``/slow/SECONDS`` a late answer,
 ``/ws`` a WebSocket echo.
 """
 
@@ -58,6 +59,33 @@ def make_app(name: str = "demo") -> web.Application:
         await response.write_eof()
         return response
 
+    async def html_page(request: web.Request) -> web.Response:
+        size = int(request.match_info["size"])
+        unit = "<p>edge demo text, compressible and repetitive.</p>\n"
+        body = ("<!doctype html>" + unit * (size // len(unit) + 1))[:size]
+        return web.Response(text=body, content_type="text/html", headers={"X-Upstream": name})
+
+    counter = {"n": 0}
+
+    async def count(request: web.Request) -> web.Response:
+        """A counter: proves whether a response came from the upstream or a cache.
+
+        ?cc=VALUE sets Cache-Control; ?etag=1 adds a fixed ETag (and answers If-None-Match with 304).
+        """
+        headers = {"X-Upstream": name}
+        if "cc" in request.query:
+            headers["Cache-Control"] = request.query["cc"]
+        if request.query.get("etag"):
+            headers["ETag"] = '"v1"'
+            if request.headers.get("If-None-Match") == '"v1"':
+                counter["n"] += 1
+                return web.Response(status=304, headers={**headers, "X-Count": str(counter["n"])})
+        if "vary" in request.query:
+            headers["Vary"] = request.query["vary"]
+        counter["n"] += 1
+        lang = request.headers.get("Accept-Language", "")
+        return web.Response(text=f"count {counter['n']} {lang}\n", headers=headers)
+
     async def status(request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
         return web.Response(status=code, text=f"status {code}\n" if code not in (204, 304) else None)
@@ -82,6 +110,8 @@ def make_app(name: str = "demo") -> web.Application:
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/bytes/{size:\\d+}", stream_bytes)
     app.router.add_route("*", "/status/{code:\\d+}", status)
+    app.router.add_get("/html/{size:\\d+}", html_page)
+    app.router.add_route("*", "/count", count)
     app.router.add_get("/slow/{seconds}", slow)
     app.router.add_get("/ws", ws)
     return app

@@ -65,8 +65,8 @@ class Features:
     """One request's tier and cache state."""
 
     __slots__ = (
-        "cache_status", "chooser", "entry", "gzip", "key", "pacer", "plan", "revalidating", "sent_at", "tier", "ttl",
-        "writer",
+        "cache_status", "chooser", "entry", "gzip", "ims", "inm", "key", "pacer", "plan", "revalidating", "sent_at",
+        "tier", "ttl", "writer",
     )
 
     def __init__(self) -> None:
@@ -82,6 +82,8 @@ class Features:
         self.ttl = 0.0
         self.sent_at = 0.0
         self.cache_status: str | None = None
+        self.inm: str | None = None  # the client's own If-None-Match / If-Modified-Since, kept
+        self.ims: str | None = None  # before a revalidation replaces them in the upstream request
 
     # -- request side ---------------------------------------------------------------------
     def choose_tier(self, chooser: TierChooser, head: RequestHead, clients: ClientMeasurements, client: str,
@@ -105,6 +107,8 @@ class Features:
         if not plan.lookup:
             self.cache_status = "bypass"
             return "miss"
+        self.inm = head.header("if-none-match")
+        self.ims = head.header("if-modified-since")
         key = self.key = cache_key(head.host or b"", head.target, self.tier.name if self.tier else None, scheme)
         entry = self.entry = store.get(key, head.header, now, plan.explicit_only)
         if entry is not None and entry.satisfies(plan, now):
@@ -122,8 +126,7 @@ class Features:
     def entry_response(self, entry: Entry, head: RequestHead, now: float, stale: bool, extra: bytes,
                        connection: bytes) -> tuple[int, bytes, list[bytes], int]:
         """(status, head bytes, body chunks, body size) of a response served from ``entry``."""
-        if not stale and not_modified(entry.etag, entry.last_modified, head.header("if-none-match"),
-                                      head.header("if-modified-since")):
+        if not stale and not_modified(entry.etag, entry.last_modified, self.inm, self.ims):
             lines = entry.not_modified_lines(now)
             data = b"HTTP/1.1 304 Not Modified\r\n%s%s%s%s\r\n" % (b"".join(lines), self._tier_lines(), extra,
                                                                      connection)

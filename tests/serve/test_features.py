@@ -1,0 +1,186 @@
+"""Quality tiers, compression, pacing, the response cache and fallbacks through a real edge."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.support.procs import DemoUpstream, Edge, free_port, raw_exchange, wait_until
+
+
+def get(port: int, path: str, *headers: str, host: str = "t") -> tuple[int, dict[str, str], bytes]:
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n" + "".join(h + "\r\n" for h in headers)
+    raw = raw_exchange(port, (request + "\r\n").encode())
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    if fields.get("transfer-encoding") == "chunked":
+        body = _dechunk(body)
+    return int(lines[0].split()[1]), fields, body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2 :]
+    return out
+
+
+def metric(admin: int, pattern: str) -> float | None:
+    text = subprocess.run(["curl", "-s", f"http://127.0.0.1:{admin}/metrics"], capture_output=True).stdout.decode()
+    match = re.search(pattern + r" ([0-9.e+-]+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+PROFILE = """
+quality_profiles:
+  adaptive:
+    tiers:
+      - {name: low, when: {save_data: true}, max_rate: 8mbps, compress: true}
+      - {name: medium, when: {downlink_below: 10mbps}, compress: true}
+      - {name: high}
+"""
+
+
+@pytest.fixture(scope="module")
+def stack():
+    up = DemoUpstream("feat")
+    port, admin = free_port(), free_port()
+    edge = Edge(
+        f"version: 1\nadmin: {{listen: '127.0.0.1:{admin}'}}\n"
+        f"listeners: {{web: {{listen: ['127.0.0.1:{port}']}}}}\n"
+        f"services: {{s: {{upstreams: [{{url: '{up.url}'}}]}}}}\n"
+        "routes:\n"
+        "  - {name: cached, host: cache.test, service: s, cache: {ttl: 60s}}\n"
+        "  - {name: q, service: s, quality: adaptive}\n" + PROFILE,
+        port, admin,
+    )
+    yield {"edge": edge, "port": port, "admin": admin, "up": up}
+    edge.stop()
+    up.stop()
+
+
+def upstream_saw(port: int, *headers: str) -> dict[str, str]:
+    _, _, body = get(port, "/headers", *headers)
+    return {k.lower(): v for k, v in json.loads(body)["headers"]}
+
+
+def test_save_data_gets_the_low_tier_upstream_and_in_the_response(stack):
+    port = stack["port"]
+    seen = upstream_saw(port, "Save-Data: on", "X-Edge-Quality: high")  # a client-sent value is overwritten
+    assert seen["x-edge-quality"] == "low"
+    status, headers, _ = get(port, "/headers", "Save-Data: on")
+    assert status == 200 and headers["x-edge-quality"] == "low"
+    assert "save-data" in headers["vary"].lower()
+    assert upstream_saw(port)["x-edge-quality"] == "high"  # loopback, no hints: the default tier
+    assert upstream_saw(port, "Downlink: 1.5")["x-edge-quality"] == "medium"
+
+
+def test_html_advertises_client_hints_and_compresses_for_the_tier(stack):
+    port = stack["port"]
+    status, headers, body = get(port, "/html/20000", "Downlink: 1.5", "Accept-Encoding: gzip")
+    assert status == 200
+    assert headers["content-encoding"] == "gzip" and "content-length" not in headers
+    page = gzip.decompress(body)
+    assert len(page) == 20000 and page.startswith(b"<!doctype html>")
+    assert len(body) < 2000
+    assert "Save-Data" in headers["accept-ch"]
+    # the high tier does not compress; nor does any tier without Accept-Encoding: gzip
+    assert "content-encoding" not in get(port, "/html/20000", "Accept-Encoding: gzip")[1]
+    assert "content-encoding" not in get(port, "/html/20000", "Downlink: 1.5")[1]
+    # never compress what is already compressed (octet-stream is not compressible either)
+    assert "content-encoding" not in get(port, "/bytes/20000", "Downlink: 1.5", "Accept-Encoding: gzip")[1]
+
+
+def test_max_rate_paces_a_4mib_download_to_about_4s(stack):
+    started = time.monotonic()
+    status, _, body = get(stack["port"], "/bytes/4194304", "Save-Data: on")
+    elapsed = time.monotonic() - started
+    assert status == 200 and len(body) == 4194304
+    assert 3.3 <= elapsed <= 6.0, elapsed
+
+
+def test_cache_hit_never_touches_the_upstream_and_says_its_age(stack):
+    port, edge = stack["port"], stack["edge"]
+    first = get(port, "/count?a=1", host="cache.test")
+    second = get(port, "/count?a=1", host="cache.test")
+    assert first[2] == second[2]  # the same count: the second came from the cache
+    assert "age" in second[1]
+    other = get(port, "/count?a=2", host="cache.test")
+    assert other[2] != first[2]
+    wait_until(lambda: any(r.get("cache") == "hit" for r in edge.access_log()), what="a logged cache hit")
+
+
+def test_cache_honours_no_store_private_and_authorization(stack):
+    port = stack["port"]
+    cases = (("/count?cc=no-store", ()), ("/count?cc=private", ()), ("/count?p=auth", ("Authorization: x",)))
+    for path, extra in cases:
+        a = get(port, path, *extra, host="cache.test")[2]
+        b = get(port, path, *extra, host="cache.test")[2]
+        assert a != b, path
+
+
+def test_no_cache_revalidates_with_the_etag(stack):
+    port = stack["port"]
+    a = get(port, "/count?etag=1&cc=no-cache", host="cache.test")
+    b = get(port, "/count?etag=1&cc=no-cache", host="cache.test")
+    assert a[0] == b[0] == 200
+    assert a[2] == b[2]  # the upstream answered 304 and edge served its copy
+    assert b[1]["etag"] == '"v1"'
+    c = get(port, "/count?etag=1&cc=no-cache", 'If-None-Match: "v1"', host="cache.test")
+    assert c[0] == 304
+
+
+def test_vary_keeps_variants_apart(stack):
+    port = stack["port"]
+    en = get(port, "/count?vary=Accept-Language", "Accept-Language: en", host="cache.test")[2]
+    de = get(port, "/count?vary=Accept-Language", "Accept-Language: de", host="cache.test")[2]
+    assert en.endswith(b" en\n") and de.endswith(b" de\n")
+    assert get(port, "/count?vary=Accept-Language", "Accept-Language: en", host="cache.test")[2] == en
+
+
+def test_stale_fallback_while_the_upstream_is_down_and_fallback_service():
+    main, spare = DemoUpstream("main"), DemoUpstream("spare")
+    port, admin = free_port(), free_port()
+    edge = Edge(
+        f"version: 1\nadmin: {{listen: '127.0.0.1:{admin}'}}\n"
+        f"listeners: {{web: {{listen: ['127.0.0.1:{port}']}}}}\n"
+        "services:\n"
+        f"  s:\n    upstreams: [{{url: '{main.url}'}}]\n    fallback: stale\n"
+        "    health_check: {path: /status/200, interval: 100ms, timeout: 300ms, healthy: 1, unhealthy: 1}\n"
+        f"  t:\n    upstreams: [{{url: '{main.url}'}}]\n    fallback: spare\n"
+        "    health_check: {path: /status/200, interval: 100ms, timeout: 300ms, healthy: 1, unhealthy: 1}\n"
+        f"  spare: {{upstreams: [{{url: '{spare.url}'}}]}}\n"
+        "routes:\n  - {host: stale.test, service: s, cache: {ttl: 1s}}\n  - {host: degraded.test, service: t}\n",
+        port, admin,
+    )
+    try:
+        status, _, body = get(port, "/count", host="stale.test")
+        assert status == 200
+        main.stop()
+        wait_until(lambda: metric(admin, r'edge_upstream_up\{service="s",upstream="[^"]+"\}') == 0, what="down")
+        # fresh for 1 s it is a plain hit; once expired, the fallback serves it stale
+        wait_until(lambda: "warning" in get(port, "/count", host="stale.test")[1], timeout=5, interval=0.1,
+                   what="the copy served stale")
+        status, headers, stale = get(port, "/count", host="stale.test")
+        assert status == 200 and stale == body
+        assert headers["warning"].startswith("110") and int(headers["age"]) >= 1
+        assert get(port, "/count?never-cached", host="stale.test")[0] == 503
+        status, headers, body = get(port, "/headers", host="degraded.test")
+        assert status == 200 and json.loads(body)["upstream"] == "spare"
+    finally:
+        edge.stop()
+        spare.stop()
