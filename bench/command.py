@@ -20,7 +20,8 @@ QUICK_DURATION_S = 2
 
 DESCRIPTION = (
     "Benchmark edge against nginx, HAProxy and Caddy as reverse proxies in front of one nginx origin "
-    "(proxy pinned to CPU 1, origin and wrk to CPU 0) and print one table. See bench/README.md."
+    "(proxy pinned to CPU 1, origin and load generator to CPU 0) and print one table; --https: over TLS "
+    "(keep-alive HTTPS, HTTP/2, full handshakes). See bench/README.md."
 )
 
 
@@ -76,9 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tests",
         type=_names(tuple(report.TESTS), "test"),
-        default=tuple(report.TESTS),
+        default=None,
         metavar="LIST",
-        help=f"comma-separated tests (default: {','.join(report.TESTS)})",
+        help=f"comma-separated tests (default: {','.join(report.PLAIN_TESTS)}; "
+        f"with --https: {','.join(report.HTTPS_TESTS)}, and the plain ones may be added)",
     )
     parser.add_argument(
         "--repeat",
@@ -110,7 +112,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs with taskset")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
-    parser.add_argument("--https", action="store_true", help="(reserved) benchmark over TLS; not implemented yet")
+    parser.add_argument(
+        "--https",
+        action="store_true",
+        help="give every proxy a TLS listener and run the TLS tests "
+        f"({','.join(report.HTTPS_TESTS)}; same certificate and client TLS settings for all)",
+    )
+
+
+def selected_tests(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--tests`` as given, else the plain tests, or the TLS tests with ``--https``."""
+    if args.tests is not None:
+        return tuple(args.tests)
+    return report.HTTPS_TESTS if args.https else report.PLAIN_TESTS
 
 
 def options_from(args: argparse.Namespace) -> harness.Options:
@@ -120,7 +134,8 @@ def options_from(args: argparse.Namespace) -> harness.Options:
         warmup_s=0 if args.quick else args.warmup,
         repeat=args.repeat,
         proxies=args.only,
-        tests=args.tests,
+        tests=selected_tests(args),
+        https=bool(args.https),
         edge_policy=args.edge_policy,
         results_dir=args.results_dir,
         keep=args.keep,
@@ -131,8 +146,9 @@ def options_from(args: argparse.Namespace) -> harness.Options:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Handler of ``bench``: exit 0 when every selected proxy ran, 1 otherwise, 2 on bad input."""
-    if args.https:
-        print("bench: --https is reserved and not implemented yet", file=sys.stderr)
+    tls_tests = [t for t in selected_tests(args) if t in report.HTTPS_TESTS]
+    if tls_tests and not args.https:
+        print(f"bench: --tests {','.join(tls_tests)} run over TLS: add --https", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.edge_policy is not None and not args.edge_policy.is_file():
         print(f"bench: --edge-policy {args.edge_policy}: no such file", file=sys.stderr)

@@ -1,7 +1,9 @@
-"""The benchmark run: origin up, proxies up, wrk against each proxy per test, one table.
+"""The benchmark run: origin up, proxies up, a load generator against each proxy per test, one table.
 
-Owns the order of a run and the CPU layout: the nginx origin and wrk share CPU 0, every
-proxy under test is pinned to CPU 1 (``taskset -c``), one worker/thread each. All proxies
+Owns the order of a run and the CPU layout: the nginx origin and the load generator (wrk,
+h2load or ``bench.handshakes``) share CPU 0, every proxy under test is pinned to CPU 1
+(``taskset -c``), one worker/thread each. With ``--https`` every proxy also gets a TLS listener
+with the same certificate, and the run starts by showing what each negotiates. All proxies
 are started first and the tests interleave them (test by test, proxy by proxy), so slow
 drifts of a shared machine hit every proxy alike. A proxy that is missing or fails to
 start becomes a row saying so; the others still run. Every process started here is
@@ -26,7 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from bench import peers, report
+from bench import peers, report, tls
+from bench.h2load import h2load_argv, parse_h2load
+from bench.handshakes import parse_handshakes
 from bench.procs import (
     Child,
     CpuMeter,
@@ -39,7 +43,7 @@ from bench.procs import (
     pinned,
     session_cpu_seconds,
 )
-from bench.wrk import WrkError, parse_wrk, wrk_argv
+from bench.wrk import WrkError, WrkResult, parse_wrk, wrk_argv
 
 __all__ = ["CLIENT_CPU", "PROXY_CPU", "RESULTS_DIR", "Options", "run"]
 
@@ -65,6 +69,7 @@ class Options:
     keep: bool = False
     pin: bool = True
     start_timeout_s: float = 20.0
+    https: bool = False  # TLS listeners on every proxy (needed by the TLS tests)
     extra_meta: dict[str, object] = field(default_factory=dict)
 
 
@@ -142,8 +147,12 @@ def _versions(proxies: tuple[str, ...]) -> dict[str, str]:
         "caddy": ["caddy", "version"],
         "edge": [peers.edge_binary() or "edge", "--version"],
         "wrk": ["wrk", "--version"],
+        "h2load": ["h2load", "--version"],
+        "openssl": ["openssl", "version"],
     }
-    return {name: _version(commands[name]) for name in ("origin", "wrk", *proxies) if name in commands}
+    return {
+        name: _version(commands[name]) for name in ("origin", "wrk", "h2load", "openssl", *proxies) if name in commands
+    }
 
 
 def _git_commit() -> str:
@@ -173,8 +182,19 @@ class _Run:
         self.supervisor = supervisor
         self.client_cpu, self.proxy_cpu = _cpu_layout(options.pin)
         names = list(options.proxies)
-        ports = free_ports(3 + len(names))
-        self.ports = peers.RunPorts(ports[0], ports[1], dict(zip(names, ports[3:])), edge_admin=ports[2])
+        ports = free_ports(3 + len(names) * (2 if options.https else 1))
+        tls_ports = dict(zip(names, ports[3 + len(names) :])) if options.https else {}
+        self.ports = peers.RunPorts(
+            ports[0], ports[1], dict(zip(names, ports[3 : 3 + len(names)])), edge_admin=ports[2], tls=tls_ports
+        )
+        # --https: one certificate for all, the TLS clients' OpenSSL settings, what each negotiated.
+        self.tls_files: peers.TlsFiles | None = None
+        self.client_conf: Path | None = None
+        if options.https:
+            self.tls_files = tls.issue(run_dir / "pki")
+            self.client_conf = tls.write_client_conf(run_dir / "openssl-client.cnf")
+        self.tls_info: dict[str, dict[str, str]] = {}
+        self.no_h2: dict[str, str] = {}
         self.up: dict[str, tuple[Child, peers.Launch]] = {}
         self.failed: dict[str, str] = {}
         self.rows: list[report.Row] = []
@@ -202,37 +222,98 @@ class _Run:
             where = "no edge script next to this Python nor on PATH" if name == "edge" else f"no {name} on PATH"
             self.failed[name] = f"skipped: not installed ({where})"
             return
+        deadline_s = self.options.start_timeout_s
         for attempt in (1, 2):
             child = None
             try:
-                launch = peers.launch_proxy(name, self.ports, self.run_dir, self.options.edge_policy)
+                launch = peers.launch_proxy(name, self.ports, self.run_dir, self.options.edge_policy, self.tls_files)
                 _write_files(self.run_dir, launch.files)
                 child = self.supervisor.start(name, pinned(launch.argv, self.proxy_cpu), launch.env)
-                self.supervisor.wait_ready(child, launch.host, launch.port, self.options.start_timeout_s, path="/small")
+                self.supervisor.wait_ready(child, launch.host, launch.port, deadline_s, path="/small")
+                if self.tls_files is not None and launch.tls_port is not None:
+                    context = tls.client_context(self.tls_files.root)
+                    self.supervisor.wait_ready(child, launch.host, launch.tls_port, deadline_s, "/small", context)
             except (StartError, ValueError, OSError) as exc:
                 if child is not None:
                     self.supervisor.stop(child)  # a proxy that never got ready must not idle on CPU 1
                 if attempt == 1 and _port_taken(str(exc)):
                     _log(f"{name}: a port was taken meanwhile; retrying on fresh ports")
-                    port, admin = free_ports(2)
+                    port, admin, tls_port = free_ports(3)
                     admin = admin if name == "edge" else self.ports.edge_admin
                     proxies = {**self.ports.proxies, name: port}
-                    self.ports = dataclasses.replace(self.ports, proxies=proxies, edge_admin=admin)
+                    tls_ports = {**self.ports.tls, name: tls_port} if self.ports.tls else {}
+                    self.ports = dataclasses.replace(self.ports, proxies=proxies, edge_admin=admin, tls=tls_ports)
                     continue
                 self.failed[name] = f"failed to start: {clip(str(exc))}"
                 return
             self.up[name] = (child, launch)
-            _log(f"{name} ready on {launch.host}:{launch.port}")
+            where = f" and {launch.host}:{launch.tls_port} (TLS)" if launch.tls_port is not None else ""
+            _log(f"{name} ready on {launch.host}:{launch.port}{where}")
             return
 
-    def wrk(self, launch: peers.Launch, test: str, duration_s: int) -> str:
-        path, connections = report.TESTS[test]
+    def probe_tls(self) -> None:
+        """Once per run: what each TLS listener negotiates (s_client), and who answers over HTTP/2."""
+        assert self.tls_files is not None and self.client_conf is not None
+        for name, (_child, launch) in self.up.items():
+            assert launch.tls_port is not None
+            info = tls.negotiated(launch.host, launch.tls_port, self.tls_files, self.client_conf)
+            if "h2" in self.options.tests:
+                why = tls.h2_check(launch.host, launch.tls_port, self.tls_files, self.client_conf)
+                info["h2"] = "yes" if why is None else f"no ({why})"
+                if why is not None:
+                    self.no_h2[name] = why
+            self.tls_info[name] = info
+            shown = info.get("error") or " ".join(
+                f"{k} {info.get(k, '?')}"
+                for k in ("version", "cipher", "group", "signature", "alpn", "h2")
+                if k in info
+            )
+            _log(f"{name} TLS: {shown}")
+
+    def _url(self, launch: peers.Launch, test: str) -> str:
         host = f"[{launch.host}]" if ":" in launch.host else launch.host
-        argv = pinned(wrk_argv(f"http://{host}:{launch.port}{path}", connections, duration_s), self.client_cpu)
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
+        path = report.TESTS[test][0]
+        if test in report.HTTPS_TESTS:
+            return f"https://{host}:{launch.tls_port}{path}"
+        return f"http://{host}:{launch.port}{path}"
+
+    def load(self, launch: peers.Launch, test: str, duration_s: int) -> tuple[str, WrkResult]:
+        """Run the test's load generator (pinned to the client CPU); its raw output and the parsed result."""
+        _path, connections = report.TESTS[test]
+        url, tool = self._url(launch, test), report.TOOLS[test]
+        env = None
+        if test in report.HTTPS_TESTS:
+            if self.client_conf is None or launch.tls_port is None:
+                raise WrkError(f"{test} needs --https (TLS listeners)")
+            env = {**os.environ, **tls.client_env(self.client_conf)}
+        log_file = self.run_dir / f"h2load-{launch.name}.log"
+        if tool == "wrk":
+            argv = wrk_argv(url, connections, duration_s)
+        elif tool == "h2load":
+            argv = h2load_argv(url, connections, report.H2_STREAMS, duration_s, log_file, tls.CIPHERSUITES, tls.GROUPS)
+        else:
+            argv = [sys.executable, "-m", "bench.handshakes", "--url", url, f"-c{connections}", f"-d{duration_s}"]
+        done = subprocess.run(
+            pinned(argv, self.client_cpu),
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 60,
+            env=env,
+            cwd=REPO_DIR,
+        )
         if done.returncode != 0:
-            raise WrkError(f"wrk {describe_exit(done.returncode)}: {clip(done.stderr or done.stdout, 300)}")
-        return done.stdout
+            raise WrkError(f"{tool} {describe_exit(done.returncode)}: {clip(done.stderr or done.stdout, 300)}")
+        if tool == "wrk":
+            return done.stdout, parse_wrk(done.stdout)
+        if tool == "h2load":
+            try:
+                log_text = log_file.read_text()
+            finally:
+                log_file.unlink(missing_ok=True)  # a line per request: tens of MB over a run
+            # h2load prints a progress line per stream it could not send; keep the summary only.
+            summary = "\n".join(line for line in done.stdout.splitlines() if not line.startswith("Process Request"))
+            return summary, parse_h2load(done.stdout, log_text)
+        return done.stdout, parse_handshakes(done.stdout)
 
     def _died(self, name: str, child: Child, when: str) -> str:
         """Record that a proxy is gone (it is not measured again) and say how, with its last words."""
@@ -259,8 +340,7 @@ class _Run:
         cpu_before, started = session_cpu_seconds(child.process.pid), time.monotonic()
         meter.start()
         try:
-            output = self.wrk(launch, test, self.options.duration_s)
-            result = parse_wrk(output)
+            output, result = self.load(launch, test, self.options.duration_s)
         except (WrkError, subprocess.TimeoutExpired, OSError) as exc:
             return report.Row(name, test, "failed", f"{test}: {clip(str(exc), 300)}")
         busy = meter.stop()
@@ -275,6 +355,7 @@ class _Run:
         detail = dict(result.socket_errors, non_2xx_3xx=result.non_2xx_3xx)
         expected = report.BODY_SIZES[report.TESTS[test][0]]
         # wrk rounds "MB read" to 2 decimals (up to 0.5% off): allow 1% before calling it short.
+        # (h2load counts body bytes only, bench.handshakes head and body: the same bound holds.)
         if result.requests and result.bytes_per_request < expected * 0.99:
             message = f"{test}: {result.bytes_per_request:.0f} bytes per response, the body alone is {expected}"
             return report.Row(name, test, "failed", message, wrk_output=output)
@@ -302,10 +383,18 @@ class _Run:
         _log(f"origin ready on 127.0.0.1:{self.ports.origin1} and :{self.ports.origin2}")
         for name in self.options.proxies:
             self.start_proxy(name)
+        if self.options.https and self.up:
+            self.probe_tls()
         if self.options.warmup_s > 0:
+            # Keep-alive wrk over TLS when there are TLS tests (warms the TLS paths too), else plain;
+            # h2load when h2 is measured, so upstream pools have grown to its 500 streams beforehand.
+            tls_tests = any(t in report.HTTPS_TESTS for t in self.options.tests)
             for name, (_child, launch) in self.up.items():
+                warmup = "https-small" if tls_tests else "small"
+                if "h2" in self.options.tests and name not in self.no_h2:
+                    warmup = "h2"
                 try:
-                    self.wrk(launch, "small", self.options.warmup_s)
+                    self.load(launch, warmup, self.options.warmup_s)
                 except (WrkError, subprocess.TimeoutExpired, OSError) as exc:
                     _log(f"{name}: warm-up failed: {exc}")
         runs: dict[tuple[str, str], list[report.Row]] = {}
@@ -319,14 +408,19 @@ class _Run:
                 for name in order:
                     if name in self.failed:
                         continue  # died earlier in the run
+                    if test == "h2" and name in self.no_h2:
+                        continue  # does not speak HTTP/2 (yet): a row saying so, not a failure
                     path, connections = report.TESTS[test]
                     which = f", round {round_number}/{repeat}" if repeat > 1 else ""
-                    _log(f"{name} {test} (GET {path}, {connections} conn, {self.options.duration_s}s{which})")
+                    how = f"{report.TOOLS[test]}, GET {path}, {connections} conn"
+                    _log(f"{name} {test} ({how}, {self.options.duration_s}s{which})")
                     runs.setdefault((name, test), []).append(self.measure(name, test))
         for test in self.options.tests:
             for name in self.options.proxies:
                 if (name, test) in runs:
                     self.rows.append(report.combine(runs[(name, test)]))
+                elif test == "h2" and name in self.no_h2 and name not in self.failed:
+                    self.rows.append(report.Row(name, test, "skipped", f"h2 not available ({self.no_h2[name]})"))
                 else:
                     status = "skipped" if self.failed[name].startswith("skipped") else "failed"
                     self.rows.append(report.Row(name, test, status, self.failed[name]))
@@ -339,8 +433,12 @@ class _Run:
             "duration_s": self.options.duration_s,
             "warmup_s": self.options.warmup_s,
             "repeat": self.options.repeat,
-            "tests": {t: {"path": report.TESTS[t][0], "connections": report.TESTS[t][1]} for t in self.options.tests},
+            "tests": {
+                t: {"path": report.TESTS[t][0], "connections": report.TESTS[t][1], "tool": report.TOOLS[t]}
+                for t in self.options.tests
+            },
             "wrk_threads": 1,
+            "https": self.options.https,
             "pinning": {"client_cpu": self.client_cpu, "proxy_cpu": self.proxy_cpu},
             "cpus": os.cpu_count(),
             "loadavg_start": self.loadavg_start,
@@ -348,6 +446,13 @@ class _Run:
             "versions": _versions(self.options.proxies),
             **self.options.extra_meta,
         }
+        if self.options.https:
+            meta["tls"] = {
+                "negotiated": self.tls_info,
+                "client": {"ciphersuites": tls.CIPHERSUITES, "groups": tls.GROUPS, "openssl_conf": tls.CLIENT_CONF},
+                "h2_streams": report.H2_STREAMS,
+                "handshakes": "bench.handshakes: a new connection per request, no session offered (full handshakes)",
+            }
         if "edge" in self.up:
             meta["edge"] = dict(self.up["edge"][1].notes)
             log_path = Path(str(self.up["edge"][1].notes.get("access_log", "-")))
@@ -359,7 +464,10 @@ class _Run:
 
 def run(options: Options, out: TextIO = sys.stdout) -> int:
     """Run the benchmark, print the table to ``out``, write JSON (and a PNG); 0 if every proxy ran."""
-    for tool in ("wrk", "nginx"):
+    tools = ["wrk", "nginx"]
+    if options.https:
+        tools += ["openssl", "curl"] + (["h2load"] if "h2" in options.tests else [])
+    for tool in tools:
         if shutil.which(tool) is None:
             print(f"bench: {tool} not found on PATH (scripts/setup installs it)", file=sys.stderr)
             return EXIT_RUNTIME
@@ -383,6 +491,9 @@ def run(options: Options, out: TextIO = sys.stdout) -> int:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     print(report.format_table(rows), file=out, flush=True)
+    negotiated = dict(meta.get("tls") or {}).get("negotiated") if isinstance(meta.get("tls"), dict) else None
+    if negotiated:
+        print("\n" + report.format_tls(negotiated), file=out, flush=True)
     _write_outputs(options, started, meta, rows, out)
     return EXIT_OK if all(r.status != "failed" for r in rows) else EXIT_RUNTIME
 

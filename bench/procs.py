@@ -14,6 +14,7 @@ import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -145,8 +146,17 @@ class Supervisor:
         self.children.append(child)
         return child
 
-    def wait_ready(self, child: Child, host: str, port: int, deadline_s: float = 15.0, path: str | None = None) -> None:
-        """Poll until ``host:port`` accepts (and ``GET path`` answers 200, if given), or raise StartError."""
+    def wait_ready(
+        self,
+        child: Child,
+        host: str,
+        port: int,
+        deadline_s: float = 15.0,
+        path: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """Poll until ``host:port`` accepts (and ``GET path`` answers 200, if given; over TLS with
+        ``tls``), or raise StartError."""
         deadline = time.monotonic() + deadline_s
         last_error = "no attempt"
         while time.monotonic() < deadline:
@@ -157,12 +167,12 @@ class Supervisor:
                 if path is None:
                     with socket.create_connection((host, port), timeout=0.5):
                         return
-                status = _get_status(host, port, path)
+                status = _get_status(host, port, path, tls)
                 if status == 200:
                     return
                 last_error = f"GET {path} answered {status}"
-            except OSError as exc:
-                last_error = f"{host}:{port}: {exc.strerror or exc}"
+            except (OSError, http.client.HTTPException) as exc:
+                last_error = f"{host}:{port}: {getattr(exc, 'strerror', None) or exc}"
             time.sleep(0.05)  # poll interval, not a readiness guess
         tail = child.log_tail()
         raise StartError(f"not ready within {deadline_s:g}s ({last_error})" + (f": {tail}" if tail else ""))
@@ -290,8 +300,12 @@ def get(port: int, path: str, host: str = "127.0.0.1") -> str:
         connection.close()
 
 
-def _get_status(host: str, port: int, path: str) -> int:
-    connection = http.client.HTTPConnection(host, port, timeout=2.0)
+def _get_status(host: str, port: int, path: str, tls: ssl.SSLContext | None = None) -> int:
+    connection = (
+        http.client.HTTPSConnection(host, port, timeout=2.0, context=tls)
+        if tls is not None
+        else http.client.HTTPConnection(host, port, timeout=2.0)
+    )
     try:
         connection.request("GET", path)
         response = connection.getresponse()

@@ -21,6 +21,7 @@ __all__ = [
     "combine",
     "format_table",
     "format_time",
+    "format_tls",
     "parse_table",
     "ratios",
     "targets",
@@ -28,12 +29,29 @@ __all__ = [
     "write_plot",
 ]
 
-# test name -> (path, connections): what each test asks wrk for.
+# test name -> (path, connections): what each test asks its load generator for.
 TESTS: dict[str, tuple[str, int]] = {
     "small": ("/small", 50),
     "64k": ("/64k", 50),
     "latency": ("/small", 1),
+    "https-small": ("/small", 50),
+    "h2": ("/small", 50),
+    "handshakes": ("/small", 50),
 }
+# Plain HTTP tests (the default) and the TLS tests (the default with --https).
+PLAIN_TESTS = ("small", "64k", "latency")
+HTTPS_TESTS = ("https-small", "h2", "handshakes")
+# test -> the load generator: wrk (keep-alive HTTP/1.1, over TLS for https-small), h2load
+# (-m streams per connection), or bench.handshakes (a new connection and full handshake per request).
+TOOLS = {
+    "small": "wrk",
+    "64k": "wrk",
+    "latency": "wrk",
+    "https-small": "wrk",
+    "h2": "h2load",
+    "handshakes": "handshakes",
+}
+H2_STREAMS = 10  # h2load -m: concurrent streams per connection
 # path -> body size the origin serves there; fewer bytes per response means a proxy answered itself.
 BODY_SIZES = {"/small": 100, "/64k": 65536}
 
@@ -68,10 +86,16 @@ class Row:
     upstream_connections: int | None = None
     origin_requests: int | None = None
 
+    @property
+    def rps_per_cpu(self) -> float:
+        """Requests per CPU-second of the proxy's own processes: its capacity on one core, which
+        stays comparable when the client side is the bottleneck (full handshakes are)."""
+        return self.rps / self.proxy_cpu if self.proxy_cpu > 0 else 0.0
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One of the issue's targets, edge against HAProxy: ``edge_value <op> bound * haproxy_value``."""
+    """One of the issues' targets: ``edge_value <op> factor * peer_value`` (the peer is ``against``)."""
 
     test: str
     metric: str
@@ -79,6 +103,7 @@ class Target:
     factor: float
     edge: float
     peer: float
+    against: str = "haproxy"
 
     @property
     def ratio(self) -> float:
@@ -89,13 +114,22 @@ class Target:
         return self.ratio >= self.factor if self.op == ">=" else self.ratio <= self.factor
 
 
-# (test, metric, op, factor): issue 2's targets against HAProxy.
+# (test, metric, op, factor, peer): issue 2's targets (plain HTTP, against HAProxy) and
+# issue 3's (TLS: keep-alive and handshakes against HAProxy, HTTP/2 against Caddy).
 TARGETS = (
-    ("small", "rps", ">=", 0.6),
-    ("small", "p99", "<=", 2.0),
-    ("64k", "rps", ">=", 0.9),
-    ("latency", "p50", "<=", 1.5),
+    ("small", "rps", ">=", 0.6, "haproxy"),
+    ("small", "p99", "<=", 2.0, "haproxy"),
+    ("64k", "rps", ">=", 0.9, "haproxy"),
+    ("latency", "p50", "<=", 1.5, "haproxy"),
+    ("https-small", "rps", ">=", 0.6, "haproxy"),
+    ("h2", "rps", ">=", 1.0, "caddy"),
+    ("handshakes", "rps", ">=", 0.8, "haproxy"),
+    # The client's half of a full handshake costs OpenSSL more than the server's: with one client
+    # CPU, handshakes/s is often the client's ceiling. Handshakes per proxy CPU-second is not.
+    ("handshakes", "rps_per_cpu", ">=", 0.8, "haproxy"),
 )
+# How a target's metric is printed.
+METRIC_LABELS = {"rps_per_cpu": "rps/cpu"}
 
 
 def combine(runs: list[Row]) -> Row:
@@ -161,18 +195,18 @@ def ratios(rows: list[Row], row: Row) -> dict[str, float] | None:
     }
 
 
-def targets(rows: list[Row], peer: str = "haproxy") -> list[Target]:
-    """The issue's targets that this run can judge (both edge and the peer measured)."""
+def targets(rows: list[Row]) -> list[Target]:
+    """The issues' targets that this run can judge (both edge and that target's peer measured)."""
     found = []
-    for test, metric, op, factor in TARGETS:
+    for test, metric, op, factor, peer in TARGETS:
         ref, other = _ok(rows, REFERENCE, test), _ok(rows, peer, test)
         if ref is not None and other is not None:
-            found.append(Target(test, metric, op, factor, getattr(ref, metric), getattr(other, metric)))
+            found.append(Target(test, metric, op, factor, getattr(ref, metric), getattr(other, metric), peer))
     return found
 
 
 _HEADER = ("proxy", "test", "rps", "p50", "p99", "errors", "rps e/p", "p50 e/p", "p99 e/p", "cpu")
-_WIDTHS = (8, 8, 10, 9, 9, 7, 8, 8, 8, 5)
+_WIDTHS = (8, 11, 10, 9, 9, 7, 8, 8, 8, 5)
 # A client CPU this busy means the number is the client's ceiling rather than the proxy's.
 CLIENT_SATURATED = 0.95
 # ... while the proxy's CPU (softirq included) was less busy than this.
@@ -203,10 +237,14 @@ def format_table(rows: list[Row]) -> str:
     judged = targets(rows)
     if judged:
         out.append("")
-        out.append("targets (edge vs haproxy):")
+        peers = sorted({t.against for t in judged})
+        out.append(f"targets (edge vs {peers[0]}):" if len(peers) == 1 else "targets (edge vs peer, same run):")
+        width = max(8, *(len(t.test) for t in judged))
         for t in judged:
             verdict = "met" if t.met else "MISSED"
-            out.append(f"  {t.test:<8} {t.metric:<4} edge/haproxy {t.ratio:.2f} (want {t.op} {t.factor:g})  {verdict}")
+            want = f"(want {t.op} {t.factor:g})"
+            label = METRIC_LABELS.get(t.metric, t.metric)
+            out.append(f"  {t.test:<{width}} {label:<4} edge/{t.against} {t.ratio:.2f} {want}  {verdict}")
     client_bound = [
         f"{r.proxy} {r.test}"
         for r in rows
@@ -222,7 +260,7 @@ def format_table(rows: list[Row]) -> str:
             f"note: client-bound (CPU 0 >= {CLIENT_SATURATED:.0%} busy, CPU 1 < {PROXY_IDLE:.0%}): "
             f"{', '.join(client_bound)};"
         )
-        out.append("      their rps is the origin + wrk ceiling, not the proxy's.")
+        out.append("      their rps is the origin + load generator ceiling, not the proxy's (see rps/cpu).")
     reconnecting = [
         f"{r.proxy} {r.test} ({r.upstream_connections:,} for {r.requests:,} requests)"
         for r in rows
@@ -243,6 +281,24 @@ def format_table(rows: list[Row]) -> str:
         out.append("")
         out.append(f"note: other processes used the proxy's CPU during: {', '.join(contended)};")
         out.append("      those numbers are low by about that share: measure on a quiet machine.")
+    return "\n".join(out)
+
+
+def format_tls(tls: dict[str, dict[str, str]]) -> str:
+    """What each proxy's TLS listener negotiated with the benchmark's client settings, and a note
+    when they differ (then the TLS rows compare different work)."""
+    if not tls:
+        return ""
+    out = ["tls (openssl s_client with the load generators' client settings):"]
+    for proxy, info in tls.items():
+        if info.get("error"):
+            out.append(f"  {proxy:<8} {info['error']}")
+            continue
+        cells = (info.get(k) or "?" for k in ("version", "cipher", "group", "signature"))
+        out.append(f"  {proxy:<8} " + "  ".join(cells) + f"  alpn {info.get('alpn') or '-'}")
+    seen = {(i.get("version"), i.get("cipher"), i.get("group")) for i in tls.values() if not i.get("error")}
+    if len(seen) > 1:
+        out.append("note: the proxies negotiated different TLS parameters: the TLS rows are not comparable.")
     return "\n".join(out)
 
 
@@ -271,7 +327,9 @@ def parse_table(text: str) -> list[dict[str, object]]:
         if not in_table:
             continue
         if parts[0].endswith(":"):
-            rows.append({"proxy": parts[0][:-1], "status": "failed", "message": line.split(":", 1)[1].strip()})
+            message = line.split(":", 1)[1].strip()
+            status = "skipped" if message.startswith(("skipped", "h2 not available")) else "failed"
+            rows.append({"proxy": parts[0][:-1], "status": status, "message": message})
             continue
         if len(parts) != len(_HEADER):
             continue
@@ -295,7 +353,7 @@ def write_json(path: Path, meta: dict[str, object], rows: list[Row]) -> None:
     """The whole run as JSON: metadata, rows (latencies in seconds), ratios and targets."""
     document = {
         "meta": meta,
-        "rows": [asdict(r) | {"ratios_edge_over_peer": ratios(rows, r)} for r in rows],
+        "rows": [asdict(r) | {"rps_per_cpu": r.rps_per_cpu, "ratios_edge_over_peer": ratios(rows, r)} for r in rows],
         "targets": [asdict(t) | {"ratio": t.ratio, "met": t.met} for t in targets(rows)],
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,22 +1,32 @@
-"""The benchmark harness: its parsers and templates (fast), and one real smoke run (slow).
+"""The benchmark harness: its parsers and templates (fast), and real smoke runs (slow).
 
-The smoke run is ``python -m bench --quick --only edge,haproxy --tests small`` (about 10 s):
-it proves the harness starts the origin and the proxies, drives wrk, prints a table that
-parses, and that edge served every request without an error. No timing is asserted.
+The smoke runs are ``python -m bench --quick --only edge,haproxy --tests small`` and the same
+with ``--https --tests https-small`` (about 10 s each): they prove the harness starts the origin
+and the proxies (with TLS listeners), drives wrk, prints a table that parses, and that edge
+served every request without an error. No timing is asserted. The full-handshake client runs
+for real against a small TLS server here (fast): it must never resume a session.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from bench import peers, report
+from bench import command, peers, report, tls
+from bench.h2load import H2loadError, parse_h2load, percentiles_from_log
+from bench.handshakes import parse_handshakes
+from bench.handshakes import run as run_handshakes
 from bench.procs import StartError, Supervisor, free_ports
 from bench.wrk import WrkError, parse_duration_text, parse_wrk
 from tests.support.privileged import require_tool
@@ -77,6 +87,210 @@ listeners:
         peers.listen_address("listeners: {web: {listen: ['192.0.2.1:80']}}")
     with pytest.raises(ValueError, match="only TLS listeners"):
         peers.listen_address("listeners: {s: {listen: ['127.0.0.1:1'], tls: {alpn: [h2]}}}")
+    assert peers.tls_address(policy) == ("127.0.0.1", 8443)
+    assert peers.tls_address("listeners: {web: {listen: ['127.0.0.1:1']}}") is None
+
+
+H2LOAD_OUTPUT = """\
+starting benchmark...
+TLS Protocol: TLSv1.3
+Cipher: TLS_AES_128_GCM_SHA256
+Server Temp Key: X25519 253 bits
+Application protocol: h2
+Process Request Failure:2
+
+finished in 10.00s, 34752.10 req/s, 4.24MB/s
+requests: 347530 total, 347580 started, 347530 done, 347521 succeeded, 9 failed, 4 errored, 1 timeout
+status codes: 347517 2xx, 0 3xx, 0 4xx, 4 5xx
+traffic: 42.45MB (44512345) total, 34.12MB (35776900) headers (space savings 40.23%), 33.14MB (34752100) data
+                     min         max         mean         sd        +/- sd
+time for request:      124us     21.38ms     13.14ms      2.56ms    72.35%
+"""
+
+
+def test_parse_h2load_reads_rps_errors_and_percentiles_from_its_log() -> None:
+    log = "".join(f"1795328354616290\t200\t{us}\n" for us in range(1, 101))  # 1..100 microseconds
+    result = parse_h2load(H2LOAD_OUTPUT, log)
+    assert result.rps == pytest.approx(34752.10)
+    assert result.requests == 347521
+    assert result.non_2xx_3xx == 4
+    assert result.socket_errors == {"errored": 4, "timeout": 1, "failed": 0}
+    assert result.errors == 9
+    assert result.bytes_per_request == pytest.approx(100, rel=0.01)
+    assert (result.p50, result.p99) == (pytest.approx(50e-6), pytest.approx(99e-6))
+    assert percentiles_from_log("") == (0.0, 0.0, 0)
+
+
+def test_parse_h2load_refuses_a_run_that_did_not_speak_h2() -> None:
+    with pytest.raises(H2loadError, match=r"http/1\.1, not h2"):
+        parse_h2load(H2LOAD_OUTPUT.replace("Application protocol: h2", "Application protocol: http/1.1"))
+    with pytest.raises(H2loadError):
+        parse_h2load("connect to 127.0.0.1:1 failed\n")
+
+
+def test_parse_handshakes_reads_the_json_line_and_refuses_resumed_sessions() -> None:
+    line = json.dumps(
+        {
+            "requests": 900,
+            "rps": 450.0,
+            "p50": 0.04,
+            "p99": 0.09,
+            "bytes": 900 * 240,
+            "resumed": 0,
+            "errors": {"connect": 1, "handshake": 2, "read": 0, "write": 0, "timeout": 0},
+            "status": {"2xx": 897, "3xx": 0, "4xx": 0, "5xx": 3, "other": 0},
+        }
+    )
+    result = parse_handshakes(line + "\n")
+    assert (result.rps, result.requests, result.p50, result.p99) == (450.0, 900, 0.04, 0.09)
+    assert result.errors == 6
+    with pytest.raises(WrkError, match="resumed"):
+        parse_handshakes(line.replace('"resumed": 0', '"resumed": 5'))
+    with pytest.raises(WrkError):
+        parse_handshakes("Traceback (most recent call last):\n")
+
+
+def test_s_client_output_is_read_for_version_cipher_group_and_alpn() -> None:
+    text = """CONNECTED(00000003)
+Peer signature type: ECDSA
+Server Temp Key: X25519, 253 bits
+---
+New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256
+ALPN protocol: h2
+    Verify return code: 0 (ok)
+"""
+    info = tls.parse_s_client(text)
+    assert info == {
+        "version": "TLSv1.3",
+        "cipher": "TLS_AES_128_GCM_SHA256",
+        "group": "X25519",
+        "signature": "ECDSA",
+        "alpn": "h2",
+        "verify": "ok",
+    }
+    assert "error" in tls.parse_s_client("connect:errno=111\n")
+
+
+def test_https_templates_are_the_plain_ones_plus_tls_lines() -> None:
+    """nginx-https.conf etc. may only add lines to nginx.conf etc. (comments aside), so a tuning of
+    the plain config that is not copied over fails here."""
+    for plain, https in peers.TEMPLATES.values():
+
+        def lines(name: str) -> list[str]:
+            text = (peers.CONFIG_DIR / name).read_text()
+            return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+        extra = list(lines(https))
+        for line in lines(plain):
+            assert line in extra, f"{https} lacks {line!r} of {plain}"
+            extra.remove(line)
+        assert extra, f"{https} adds nothing to {plain}"
+        assert any("tls" in ln or "ssl" in ln or "protocols" in ln or ln in {"}", "{"} for ln in extra)
+
+
+@pytest.mark.parametrize("template", [None, peers.CONFIG_DIR / "edge-all.yaml"], ids=["default", "edge-all"])
+def test_https_edge_policy_gets_a_tls_listener_with_the_run_certificate(tmp_path: Path, template: Path | None) -> None:
+    from edge.policy import parse_policy
+
+    files = tls.issue(tmp_path / "pki")
+    ports = peers.RunPorts(20001, 20002, {"edge": 20003}, edge_admin=20004, tls={"edge": 20005})
+    launch = peers.launch_proxy("edge", ports, tmp_path, template, files)
+    text = launch.files["edge.yaml"]
+    assert parse_policy(text, "edge.yaml") is not None
+    assert (launch.host, launch.port, launch.tls_port) == ("127.0.0.1", 20003, 20005)
+    assert str(files.cert) in text and str(files.key) in text
+    assert peers.with_tls_listener(text, {}) == text  # one TLS listener is enough: kept as written
+    assert files.pem.read_bytes().count(b"-----BEGIN") >= 2  # HAProxy's crt: certificate and key
+
+
+@pytest.mark.parametrize("name", ["nginx", "haproxy", "caddy"])
+def test_https_peer_configs_render_with_the_tls_listener(tmp_path: Path, name: str) -> None:
+    files = peers.TlsFiles(tmp_path / "c.pem", tmp_path / "c.key", tmp_path / "c+k.pem", tmp_path / "root.pem")
+    ports = peers.RunPorts(20001, 20002, {name: 20003}, edge_admin=20004, tls={name: 20005})
+    launch = peers.launch_proxy(name, ports, tmp_path, None, files)
+    (conf,) = launch.files.values()
+    assert "20005" in conf and "20003" in conf
+    assert str(files.pem if name == "haproxy" else files.cert) in conf
+    assert launch.tls_port == 20005
+    plain = peers.launch_proxy(name, dataclasses.replace(ports, tls={}), tmp_path)
+    assert plain.tls_port is None and "20005" not in next(iter(plain.files.values()))
+
+
+def test_tls_tests_need_https_and_https_defaults_to_them() -> None:
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert command.selected_tests(parser.parse_args([])) == report.PLAIN_TESTS
+    assert command.selected_tests(parser.parse_args(["--https"])) == report.HTTPS_TESTS
+    assert command.selected_tests(parser.parse_args(["--https", "--tests", "small,h2"])) == ("small", "h2")
+    assert command.options_from(parser.parse_args(["--https", "--quick"])).https
+    assert command.run_bench(parser.parse_args(["--tests", "h2"])) == command.EXIT_BAD_INPUT
+
+
+def test_tls_targets_name_their_peer_and_h2_not_available_is_a_skip() -> None:
+    rows = [
+        report.Row("edge", "h2", "skipped", "h2 not available (ALPN: server did not agree on a protocol)"),
+        report.Row("caddy", "h2", rps=9000, p50=0.01, p99=0.02, proxy_cpu=1.0),
+        report.Row("edge", "handshakes", rps=800, p50=0.05, p99=0.1, proxy_cpu=0.5),
+        report.Row("haproxy", "handshakes", rps=1000, p50=0.04, p99=0.07, proxy_cpu=0.5),
+        report.Row("edge", "https-small", rps=9000, p50=0.004, p99=0.016, proxy_cpu=0.7),
+        report.Row("haproxy", "https-small", rps=15000, p50=0.002, p99=0.007, proxy_cpu=0.5),
+    ]
+    text = report.format_table(rows)
+    assert "targets (edge vs haproxy):" in text  # the only peer judged here
+    assert "https-small rps  edge/haproxy 0.60 (want >= 0.6)  met" in text
+    assert "handshakes  rps  edge/haproxy 0.80 (want >= 0.8)  met" in text
+    assert "handshakes  rps/cpu edge/haproxy 0.80 (want >= 0.8)  met" in text
+    assert "edge/caddy" not in text  # no edge h2 row: that target is not judged
+    parsed = report.parse_table(text)
+    assert {"proxy": "edge", "status": "skipped", "message": rows[0].message} in parsed
+    assert len([r for r in parsed if r["status"] == "ok"]) == 5
+
+
+def test_tls_summary_flags_proxies_that_negotiated_differently() -> None:
+    same = {"version": "TLSv1.3", "cipher": "TLS_AES_128_GCM_SHA256", "group": "X25519", "alpn": "h2"}
+    text = report.format_tls({"edge": same, "caddy": same})
+    assert "edge     TLSv1.3  TLS_AES_128_GCM_SHA256  X25519" in text and "note:" not in text
+    text = report.format_tls({"edge": same, "caddy": dict(same, cipher="TLS_AES_256_GCM_SHA384")})
+    assert "not comparable" in text
+
+
+def test_handshake_client_never_resumes_even_when_the_server_offers_it(tmp_path: Path) -> None:
+    """A TLS server that issues tickets and keeps a session cache: every handshake still full."""
+    files = tls.issue(tmp_path / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert, files.key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    resumed: list[bool] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                with context.wrap_socket(raw, server_side=True) as conn:
+                    conn.recv(4096)
+                    resumed.append(conn.session_reused)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n" + b"x" * 100)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        result = run_handshakes(f"https://127.0.0.1:{port}/small", connections=4, duration_s=1.0)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert result["requests"] > 5, result
+    assert result["resumed"] == 0 and not any(resumed), result
+    assert result["status"]["2xx"] == result["requests"]
+    assert result["negotiated"]["version"] == "TLSv1.3"
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("10", 10), ("10s", 10), ("1m", 60)])
@@ -217,3 +431,24 @@ def test_quick_bench_run_prints_a_table_and_edge_has_no_errors(tmp_path: Path) -
     assert done.returncode == 0, output
     written = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
     assert {(r["proxy"], r["test"]) for r in written["rows"]} == {("edge", "small"), ("haproxy", "small")}
+
+
+@pytest.mark.slow
+def test_quick_https_bench_run_prints_a_table_and_edge_has_no_errors(tmp_path: Path) -> None:
+    require_tool("wrk", "haproxy", "nginx", "openssl", "curl")
+    argv = ["--https", "--quick", "--only", "edge,haproxy", "--tests", "https-small", "--results-dir", str(tmp_path)]
+    done = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO, capture_output=True, text=True, timeout=180)
+    output = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    by_proxy = {r["proxy"]: r for r in report.parse_table(done.stdout)}
+    assert set(by_proxy) == {"edge", "haproxy"}, output
+    assert by_proxy["edge"]["status"] == "ok" and by_proxy["edge"]["test"] == "https-small", output
+    assert by_proxy["edge"]["errors"] == 0 and by_proxy["edge"]["rps"] > 0, output
+    assert by_proxy["haproxy"]["status"] == "ok" and by_proxy["haproxy"]["ratios"] is not None, output
+    assert "https-small rps  edge/haproxy" in done.stdout, output
+    assert done.returncode == 0, output
+    written = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
+    negotiated = written["meta"]["tls"]["negotiated"]
+    assert {n: (i["version"], i["cipher"], i["group"]) for n, i in negotiated.items()} == {
+        name: ("TLSv1.3", tls.CIPHERSUITES, tls.GROUPS) for name in ("edge", "haproxy")
+    }, output
+    assert all(i["verify"] == "ok" for i in negotiated.values()), output
