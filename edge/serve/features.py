@@ -9,8 +9,10 @@ header lines and response bytes and never touches a transport.
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
+import termios
 from typing import TYPE_CHECKING
 
 from edge.cache.policy import (
@@ -41,7 +43,7 @@ from edge.quality import (
 if TYPE_CHECKING:
     from edge.policy.model import Tier
 
-__all__ = ["Features", "tcp_rtt"]
+__all__ = ["Features", "tcp_rtt", "unacked_bytes"]
 
 _TCP_INFO_RTT = struct.Struct("=I")  # tcpi_rtt (microseconds), the 16th u32 after 8 bytes of u8 fields
 _TCP_INFO_RTT_OFFSET = 8 + 15 * 4
@@ -59,6 +61,19 @@ def tcp_rtt(sock: socket.socket | None) -> float | None:
         return None
     (rtt_us,) = _TCP_INFO_RTT.unpack_from(info, _TCP_INFO_RTT_OFFSET)
     return rtt_us / 1e6 if rtt_us else None
+
+
+def unacked_bytes(transport, fd: int | None = None) -> int:
+    """Bytes the kernel still holds for this connection: unsent plus sent but unacknowledged."""
+    if fd is None:
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return 0
+        fd = sock.fileno()
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 class Features:

@@ -17,6 +17,7 @@ request costs no timer handle.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import ProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
 from edge.ratelimit import ALLOWED
 from edge.route import normalize_host
-from edge.serve.features import Features, tcp_rtt
+from edge.serve.features import Features, tcp_rtt, unacked_bytes
 
 if TYPE_CHECKING:
     from edge.balance import UpstreamState
@@ -61,6 +62,8 @@ _ACME_PREFIX = b"/.well-known/acme-challenge/"
 _RETAIN_LIMIT = 64 * 1024  # request bodies up to this are kept for the one retry on a stale connection
 _PRE_BUFFER_LIMIT = 256 * 1024  # body buffered while the upstream connects; beyond it, stop reading
 _PIPELINE_LIMIT = 16  # queued pipelined requests before we stop reading the client
+_DRAIN_CHECK = 0.2  # seconds between looks at a large response's delivery (quality routes only)
+_DRAIN_GIVE_UP = 30.0
 
 # deadline kinds
 _NONE, _HEAD, _IDLE, _UPSTREAM, _POOL, _BODY, _STREAM = range(7)
@@ -122,6 +125,7 @@ class ClientConnection(asyncio.Protocol):
         "_close_after",
         "_closed",
         "_deferred",
+        "_drain_sample",
         "_fell_back",
         "_fx",
         "_gen",
@@ -193,6 +197,7 @@ class ClientConnection(asyncio.Protocol):
         self._in_feed = False
         self._to_lease: UpstreamState | None = None
         self._rtt_seen = False
+        self._drain_sample: list | None = None  # a throughput sample waiting for the client to drain
         self._reset()
 
     def _reset(self) -> None:
@@ -345,8 +350,8 @@ class ClientConnection(asyncio.Protocol):
         up = self._tunnel or self._up
         if up is not None and not self._paced:
             up.transport.resume_reading()
-        if self.deadline_kind == _STREAM:
-            self.deadline = self.server.loop.time() + self._service.policy.timeouts.idle  # type: ignore[union-attr]
+        if self.deadline_kind == _STREAM and self._service is not None:
+            self.deadline = self.server.loop.time() + self._service.policy.timeouts.idle
 
     def pause_reading(self, reason: int) -> None:
         if not self._paused and not self._closed:
@@ -959,15 +964,53 @@ class ClientConnection(asyncio.Protocol):
             up.transport.resume_reading()
 
     def _measure(self, fx: Features) -> None:
-        """How fast this client drains a large response: input for its quality tier."""
+        """How fast this client drains a large response: input for its quality tier.
+
+        The upstream is usually done long before the client, and the kernel's send buffer
+        takes most of a response at once, so the sample is taken later: every
+        ``_DRAIN_CHECK`` seconds while bytes are still queued (ours plus the socket's
+        unacknowledged ones), the rate so far is delivered bytes over elapsed time; the last
+        such rate counts once the queue is empty.
+        """
         tier = fx.tier
         if tier is None or self._bytes < 65536:
             return
-        server = self.server
-        now = server.loop.time()
-        delivered = self._bytes - self.transport.get_write_buffer_size()
-        server.clients.observe_throughput(self._client_ip(), delivered, now - self._resp_t0, now,
-                                          paced_at=tier.max_rate)
+        # A connection about to close hands its fd back at once while the kernel still sends:
+        # a duplicate keeps the socket observable (its FIN waits for the last check).
+        watch = None
+        if self._close_after:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    watch = os.dup(sock.fileno())
+                except OSError:
+                    watch = None
+        previous = self._drain_sample
+        if previous is not None and previous[5] is not None:
+            os.close(previous[5])  # replaced before its last check: do not leak its descriptor
+        self._drain_sample = [self._client_ip(), self._bytes, self._resp_t0, tier.max_rate, None, watch]
+        self.server.loop.call_later(_DRAIN_CHECK, self._drain_check)
+
+    def _drain_check(self) -> None:
+        sample = self._drain_sample
+        if sample is None:
+            return
+        client, size, started, paced_at, rate, watch = sample
+        loop = self.server.loop
+        now = loop.time()
+        elapsed = max(now - started, 1e-3)
+        queued = self.transport.get_write_buffer_size() + unacked_bytes(self.transport, watch)
+        if queued > 0 and elapsed < _DRAIN_GIVE_UP:
+            sample[4] = (size - queued) / elapsed
+            loop.call_later(_DRAIN_CHECK, self._drain_check)
+            return
+        self._drain_sample = None
+        if watch is not None:
+            os.close(watch)
+        if rate is None:
+            rate = size / elapsed  # drained before the first check: at least this fast
+        if rate > 0:
+            self.server.clients.observe_throughput(client, size, size / rate, now, paced_at=paced_at)
 
     def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The upstream answered 101: from now on both sides are a byte pipe."""
