@@ -226,7 +226,7 @@ class H2Stream:
             return
         service = route.service
         if (
-            getattr(route, "limiter", None) is not None
+            route.guarded
             or getattr(service, "breaker", None) is not None
             or getattr(service, "hash_key", None) is not None
         ) and not self._admit(head, rt, route):
@@ -250,14 +250,27 @@ class H2Stream:
         self._lease(ustate)
 
     def _admit(self, head: RequestHead, rt: Runtime, route: RouteRuntime) -> bool:
-        """Rate limit and circuit breaker, as the HTTP/1.1 side does; False when answered (429/503)."""
+        """Zones, GeoIP, tier, rate limit and breaker, as the HTTP/1.1 side does; False when answered."""
         from edge.ratelimit import ALLOWED
+        from edge.serve.features import Features
 
         conn = self.conn
         server = conn.server
         now = server.loop.time()
         client = real_client_ip(head, conn.peer, rt.trusted)
         getter = _header_getter(head)
+        # access rules first, exactly as on HTTP/1.1: a zone or country rule is never bypassed
+        if route.zones is not None and not (rt.zone_matcher and rt.zone_matcher.allowed(route.zones, client)):
+            self._local(403, "this route is not open to your network zone")
+            return False
+        if route.geo is not None:
+            database = server.geoip
+            if not route.geo.allowed(database.country(client) if database is not None else None):
+                self._local(403, "this route is not open to your country")
+                return False
+        chooser = route.chooser
+        if chooser is not None:  # the tier goes upstream (a client-sent value is replaced); no pacing on h2 yet
+            Features().choose_tier(chooser, head, server.clients, client, now)
         limiter = getattr(route, "limiter", None)
         if limiter is not None:
             decision = limiter.take(limiter.key_spec.key(client, getter, route.label), now)

@@ -80,3 +80,40 @@ def test_geoip_allow_and_deny_with_a_built_database(upstream, tmp_path):
         assert request_from("127.0.0.2", port, "/headers", xff="81.2.3.4") == 403  # unknown: denied
     finally:
         edge.stop()
+
+
+def test_access_rules_and_tiers_hold_over_http2(upstream, tmp_path):
+    """The same zone rule and tier header over HTTP/2: no protocol is a way around them."""
+    import json
+    import subprocess
+
+    port = free_port()
+    ca = tmp_path / "ca"
+    edge = Edge(
+        f"version: 1\nlisteners:\n  websecure:\n    listen: ['127.0.0.1:{port}']\n"
+        f"    tls: {{certificates: [{{cert: '{ca}/localhost.pem', key: '{ca}/localhost.key'}}]}}\n"
+        f"services: {{s: {{upstreams: [{{url: '{upstream.url}'}}]}}}}\n"
+        "routes:\n  - {service: s, path_prefix: /status, zones: [mgmt]}\n  - {service: s, quality: q}\n"
+        "quality_profiles: {q: {tiers: [{name: low, when: {save_data: true}}, {name: high}]}}\n"
+        "network:\n  zones:\n    mgmt: {interfaces: [lo], address: 127.0.1.1/24}\n",
+        port,
+    )
+
+    def curl(source: str, path: str, *headers: str) -> subprocess.CompletedProcess:
+        extra = [a for h in headers for a in ("-H", h)]
+        return subprocess.run(
+            ["curl", "-sS", "--http2", "--cacert", str(ca / "root.pem"), "--interface", source, "-o", "-",
+             "-w", "\\n%{http_code} %{http_version}", *extra, f"https://localhost:{port}{path}"],
+            capture_output=True, text=True, timeout=20,
+        )
+
+    try:
+        assert curl("127.0.1.5", "/status/200").stdout.endswith("200 2")
+        assert curl("127.0.0.1", "/status/200").stdout.endswith("403 2")
+        out = curl("127.0.0.1", "/headers", "Save-Data: on", "X-Edge-Quality: high").stdout
+        body, _, status = out.rpartition("\n")
+        assert status == "200 2"
+        seen = {k.lower(): v for k, v in json.loads(body)["headers"]}
+        assert seen["x-edge-quality"] == "low"
+    finally:
+        edge.stop()
