@@ -77,9 +77,9 @@ def test_tunnel_carries_tcp_after_apply(netns, tmp_path, request) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "started wireguard-go (userspace" in result.stdout or "kernel WireGuard" in result.stdout
 
-    b.listen("b", 8080)
+    b.listen("b", 8080)  # a lost first WireGuard handshake is retried after 5 s: wait up to 30 s
     target = "10.99.0.2:8080"
-    await_condition(lambda: a.probe([target], timeout=1.0) == {target: "pong b"}, timeout=15, what="the tunnel")
+    await_condition(lambda: a.probe([target], timeout=1.0) == {target: "pong b"}, timeout=30, what="the tunnel")
 
     again = a.edge("net", "plan", "-c", policy_a)
     assert "no changes" in again.stdout, again.stdout + again.stderr
