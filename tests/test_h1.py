@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.http.h1 import ProtocolError, RequestReader, ResponseReader
+from edge.http.h1 import ProtocolError, RequestReader, ResponseReader, has_dot_segment
 
 
 class Recorder:
@@ -166,6 +166,33 @@ def test_bad_input(data, status):
     assert rejected(data) == status
 
 
+@pytest.mark.parametrize(
+    "target", [b"/pub/../admin", b"/pub/%2e%2e/admin", b"/pub/%2E./x", b"/./x", b"/a/..", b"/a/.?x=1"]
+)
+def test_dot_segments_are_rejected(target):
+    assert rejected(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n") == 400
+
+
+def test_dots_inside_names_are_fine():
+    assert both(b"GET /a/.well-known/x..y/file.txt?q=.. HTTP/1.1\r\nHost: a\r\n\r\n")[0][2].startswith(b"/a/")
+
+
+def test_trailers_never_become_headers():
+    events = both(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"1\r\nx\r\n0\r\nUpgrade: websocket\r\nConnection: upgrade\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n")
+    assert events[0][9] is None  # no upgrade
+    assert events[1:] == [("body", b"x"), ("end",)]
+
+
+def test_a_head_split_across_reads_followed_by_a_body_is_not_431():
+    head = b"POST /u HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 3000 + b"\r\nContent-Length: 100000\r\n\r\n"
+    rec = Recorder()
+    reader = RequestReader(rec, 4096)
+    reader.feed(head[:1000])
+    reader.feed(head[1000:] + b"z" * 100000)
+    assert rec.events[-1] == ("end",)
+
+
 def test_header_section_too_large_is_431():
     big = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"a" * 5000 + b"\r\n\r\n"
     assert rejected(big, max_header_size=4096) == 431
@@ -190,7 +217,9 @@ _value = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789 ;=,./"
 
 @settings(max_examples=150, deadline=None)
 @given(
-    path=st.text(alphabet="abcdefghij/._-~%0123456789", max_size=40),
+    path=st.text(alphabet="abcdefghij/._-~%0123456789", max_size=40).filter(
+        lambda p: not has_dot_segment(b"/" + p.encode())
+    ),
     headers=st.lists(st.tuples(_token, _value), max_size=8),
     body=st.binary(max_size=300),
     chunked=st.booleans(),

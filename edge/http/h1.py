@@ -141,7 +141,7 @@ def _check_transfer_encoding(value: bytes) -> None:
 class RequestReader:
     """Feeds request bytes to httptools and turns its callbacks into checked heads."""
 
-    __slots__ = ("_head", "_head_size", "_in_head", "_max_head", "_parser", "_sink", "_url")
+    __slots__ = ("_head", "_head_size", "_in_head", "_max_head", "_parser", "_raw", "_sink", "_url")
 
     def __init__(self, sink: RequestSink, max_header_size: int = 32 * 1024) -> None:
         self._sink = sink
@@ -149,7 +149,8 @@ class RequestReader:
         self._parser = httptools.HttpRequestParser(self)
         self._head: RequestHead | None = None
         self._url = b""
-        self._head_size = 0
+        self._head_size = 0  # exact: URL and header lines as llhttp reports them
+        self._raw = 0  # bytes fed while a head that began in an earlier read is still open
         self._in_head = False
 
     def feed(self, data: bytes) -> int:
@@ -158,7 +159,9 @@ class RequestReader:
         Raises ProtocolError for anything malformed or too large.
         """
         if self._in_head:
-            self._head_size += len(data)
+            # all of this read belongs to the open head (llhttp buffers a long header value
+            # before calling back, so this is what bounds memory for an endless head)
+            self._raw += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -170,7 +173,7 @@ class RequestReader:
             raise
         except httptools.HttpParserError as exc:
             raise ProtocolError(400, _reason(exc)) from None
-        if self._in_head and self._head_size > self._max_head + 4:
+        if self._in_head and self._raw > self._max_head + 4:
             raise ProtocolError(431, "request header fields too large")
         return -1
 
@@ -184,6 +187,7 @@ class RequestReader:
         self._url = b""
         self._in_head = True
         self._head_size = 0
+        self._raw = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -191,10 +195,14 @@ class RequestReader:
             raise ProtocolError(431, "request target too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a chunked body's trailer: never a header of the request, never forwarded
         head = self._head
         assert head is not None
         lname = name.lower()
         size = len(name) + len(value) + 4
+        if self._head_size + size > self._max_head:
+            raise ProtocolError(431, "request header fields too large")
         if lname == b"host":
             if head.host is not None:
                 raise ProtocolError(400, "more than one Host header")
@@ -254,6 +262,8 @@ class RequestReader:
         url = self._url
         if not url.startswith(b"/") and not (url == b"*" and head.method == b"OPTIONS"):
             raise ProtocolError(400, "only origin-form request targets are accepted")
+        if has_dot_segment(url):
+            raise ProtocolError(400, "dot-segments in the request path")
         head.target = url
         host = head.host
         if host is None:
@@ -273,6 +283,23 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         self._sink.request_end()
+
+
+_ENCODED_DOT = re.compile(rb"%2e", re.IGNORECASE)
+
+
+def has_dot_segment(target: bytes) -> bool:
+    """``/a/../b``, ``/./``, ``/%2e%2e/``: paths a route prefix must not be fooled by.
+
+    Browsers resolve these before sending, so only tools and attackers send them; an
+    upstream would resolve them after edge matched the route (Traefik sanitises too).
+    """
+    path = target.split(b"?", 1)[0]
+    if b"." not in path and b"%" not in path:
+        return False
+    if b"%" in path:
+        path = _ENCODED_DOT.sub(b".", path)
+    return any(segment in (b".", b"..") for segment in path.split(b"/"))
 
 
 def _drop_connection_listed(head: RequestHead | ResponseHead, tokens: list[bytes]) -> None:
@@ -322,7 +349,8 @@ class _HeadOnly(Exception):
 class ResponseReader:
     """Parses upstream responses; the caller says when a response has no body (HEAD)."""
 
-    __slots__ = ("_head", "_head_size", "_max_head", "_parser", "_sink", "clean", "expect_no_body")
+    __slots__ = ("_head", "_head_size", "_in_head", "_max_head", "_parser", "_raw", "_sink", "clean", "ended",
+                 "expect_no_body", "trailing")
 
     def __init__(self, sink: ResponseSink, max_header_size: int = 64 * 1024) -> None:
         self._sink = sink
@@ -332,12 +360,21 @@ class ResponseReader:
         self._head_size = 0
         self.expect_no_body = False  # set for HEAD requests: llhttp cannot be told otherwise
         self.clean = True  # False once the byte stream can no longer be trusted for reuse
+        self._in_head = False
+        self._raw = 0
+        self.ended = False  # a final response completed during the current feed
+        self.trailing = False  # ... and bytes of another message followed it in that feed
 
     def feed(self, data: bytes) -> int:
         """Parse ``data``; return -1, or the offset of tunnel bytes after a 101 head.
 
         Raises ProtocolError(502, ...) for a malformed response.
         """
+        self.ended = self.trailing = False
+        if self._in_head:
+            self._raw += len(data)
+            if self._raw > self._max_head:
+                raise ProtocolError(502, "upstream response head too large")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -347,8 +384,10 @@ class ResponseReader:
             if isinstance(cause, _HeadOnly):
                 # llhttp would read a body next; start a fresh parser for the next response.
                 self._parser = httptools.HttpResponseParser(self)
+                self._in_head = False
                 if not data.endswith(b"\r\n\r\n"):
                     self.clean = False  # bytes after a bodiless head: never reuse this connection
+                self.ended = True
                 self._sink.response_end()
                 return -1
             if isinstance(cause, ProtocolError):
@@ -359,15 +398,23 @@ class ResponseReader:
         return -1
 
     def on_message_begin(self) -> None:
+        if self.ended:
+            self.trailing = True  # another message started right behind a complete response
         self._head = ResponseHead()
         self._head_size = 0
+        self._raw = 0
+        self._in_head = True
 
     def on_status(self, reason: bytes) -> None:
         head = self._head
         assert head is not None
         head.reason += reason
+        if len(head.reason) > 256:
+            raise ProtocolError(502, "upstream reason phrase too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # trailers of a chunked response are not forwarded
         head = self._head
         assert head is not None
         self._head_size += len(name) + len(value) + 4
@@ -391,6 +438,7 @@ class ResponseReader:
     def on_headers_complete(self) -> None:
         head = self._head
         assert head is not None
+        self._in_head = False
         parser = self._parser
         head.status = parser.get_status_code()
         head.keep_alive = parser.should_keep_alive()
@@ -404,4 +452,7 @@ class ResponseReader:
         self._sink.response_body(body)
 
     def on_message_complete(self) -> None:
+        head = self._head
+        if head is not None and head.status >= 200:
+            self.ended = True
         self._sink.response_end()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 
-from edge.http.h1 import FORWARDING, HOP_BY_HOP, RequestHead, ResponseHead
+from edge.http.h1 import FORWARDING, HOP_BY_HOP, RequestHead, ResponseHead, has_dot_segment
 
 __all__ = [
     "H2RequestError",
@@ -167,6 +167,8 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool, max_heade
         raise H2RequestError(400, "unsupported :scheme")
     if not (_PATH.fullmatch(path) or (path == b"*" and method == b"OPTIONS")):
         raise H2RequestError(400, "invalid :path")
+    if has_dot_segment(path):
+        raise H2RequestError(400, "dot-segments in the request path")
     if authority is not None:
         if not _AUTHORITY.fullmatch(authority):
             raise H2RequestError(400, "invalid :authority")

@@ -583,7 +583,7 @@ class H2Stream:
                 up.transport.resume_reading()
             if self.req_done and not self.delimited and up.keep_alive_ok():
                 assert self.pool is not None
-                self.pool.release(up)
+                up.release_to = self.pool  # pooled once the read that ended the response is parsed
             else:
                 up.close()
         if not self.done:

@@ -59,6 +59,9 @@ class UpstreamPool:
 
     def acquire(self, client: ClientConnection) -> None:
         """Hand ``client`` a connection now, open one, or queue it (see module docstring)."""
+        if self.closed:  # the service was retired by a reload while this request was on its way
+            client.upstream_failed(503, "service removed by a policy reload")
+            return
         idle = self.idle
         while idle:
             conn = idle.pop()

@@ -17,6 +17,7 @@ request costs no timer handle.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import deque
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from edge.serve.server import Server
 
 __all__ = ["ClientConnection", "UpstreamConnection", "error_response"]
+
+log = logging.getLogger("edge.serve")
 
 _REASONS = {
     308: "Permanent Redirect",
@@ -62,15 +65,17 @@ _ACME_PREFIX = b"/.well-known/acme-challenge/"
 _RETAIN_LIMIT = 64 * 1024  # request bodies up to this are kept for the one retry on a stale connection
 _PRE_BUFFER_LIMIT = 256 * 1024  # body buffered while the upstream connects; beyond it, stop reading
 _PIPELINE_LIMIT = 16  # queued pipelined requests before we stop reading the client
+_PIPELINE_MAX = 128  # parsed from reads already in hand beyond that: the client is flooding us
 _DRAIN_CHECK = 0.2  # seconds between looks at a large response's delivery (quality routes only)
 _DRAIN_GIVE_UP = 30.0
 
 # deadline kinds
-_NONE, _HEAD, _IDLE, _UPSTREAM, _POOL, _BODY, _STREAM = range(7)
+_NONE, _HEAD, _IDLE, _UPSTREAM, _POOL, _BODY, _STREAM, _TUNNEL = range(8)
+_TUNNEL_IDLE = 3600.0  # a WebSocket silent this long (no byte either way) is closed (HAProxy: timeout tunnel)
 _INF = float("inf")
 _clock = time.perf_counter  # durations: uvloop's loop.time() has millisecond resolution
 # read-pause reasons (bit mask)
-_BY_UPSTREAM, _BY_BUFFER, _BY_ERROR = 1, 2, 4
+_BY_UPSTREAM, _BY_BUFFER, _BY_ERROR, _BY_WRITE = 1, 2, 4, 8
 
 
 def error_response(status: int, detail: str, close: bool, extra: bytes = b"") -> bytes:
@@ -156,11 +161,13 @@ class ClientConnection(asyncio.Protocol):
         "_to_lease",
         "_tried",
         "_tunnel",
+        "_tunnel_buf",
         "_uindex",
         "_up",
         "_upstream_label",
         "_ustate",
         "_write_paused",
+        "bytes_tunnelled",
         "deadline",
         "deadline_kind",
         "listener",
@@ -192,6 +199,8 @@ class ClientConnection(asyncio.Protocol):
         self._body_pending: _Pending | None = None
         self._out: list[bytes] = []
         self._deferred: tuple[int, str] | None = None
+        self.bytes_tunnelled = 0
+        self._tunnel_buf: bytearray | None = None  # client bytes after an upgrade head, before the 101
         self._proxy_buf: bytes | None = None  # PROXY header bytes so far, while one is expected
         self.peer_port = 0
         self._in_feed = False
@@ -261,8 +270,19 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
+            self.bytes_tunnelled += len(data)
             self._tunnel.transport.write(data)
             return
+        try:
+            self._received(data)
+        except Exception:  # a bug must cost one connection, with an answer, never the loop
+            log.exception("request handling failed")
+            if self._resp_started or self._closed:
+                self._abort()
+            else:
+                self._reject(500, "internal error")
+
+    def _received(self, data: bytes) -> None:
         if self._closed or self._deferred is not None:
             return
         if self._proxy_buf is not None:
@@ -272,9 +292,11 @@ class ClientConnection(asyncio.Protocol):
         if self.deadline_kind == _IDLE:
             self.deadline = self.server.loop.time() + self.server.runtime.limits.header_timeout
             self.deadline_kind = _HEAD
-        head = self._head
-        if head is not None and head.upgrade is not None and self._req_done:
-            self._send_upstream_raw(data)  # bytes after an upgrade request, before the 101
+        buf = self._tunnel_buf
+        if buf is not None:  # the parser handed over at an upgrade: these bytes wait for its 101
+            buf += data
+            if len(buf) > _PRE_BUFFER_LIMIT:
+                self.pause_reading(_BY_BUFFER)
             return
         self._in_feed = True
         try:
@@ -285,9 +307,11 @@ class ClientConnection(asyncio.Protocol):
             self._lease_parsed()
             return
         self._in_feed = False
+        if offset >= 0:
+            # Everything after an upgrade head belongs to the tunnel, if there will be one:
+            # held until the upstream's 101, dropped with the connection otherwise.
+            self._tunnel_buf = bytearray(data[offset:])
         self._lease_parsed()
-        if offset >= 0 and offset < len(data):
-            self._send_upstream_raw(data[offset:])
         if self._out:
             self.flush()
 
@@ -341,12 +365,14 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self.pause_reading(_BY_WRITE)  # a client that does not read gets no more of its requests served
         up = self._tunnel or self._up
         if up is not None:
             up.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self.resume_reading(_BY_WRITE)
         up = self._tunnel or self._up
         if up is not None and not self._paced:
             up.transport.resume_reading()
@@ -374,6 +400,8 @@ class ClientConnection(asyncio.Protocol):
     # -- request side (RequestReader sink) ----------------------------------------------
     def request_head(self, head: RequestHead) -> None:
         if self._head is not None or self._pending:
+            if len(self._pending) >= _PIPELINE_MAX:
+                raise ProtocolError(503, "too many pipelined requests")
             pending = _Pending(head)
             self._pending.append(pending)
             self._body_pending = pending
@@ -448,15 +476,6 @@ class ClientConnection(asyncio.Protocol):
         if self._pre_size > _PRE_BUFFER_LIMIT:
             self.pause_reading(_BY_BUFFER)
 
-    def _send_upstream_raw(self, data: bytes) -> None:
-        up = self._up
-        if up is not None:
-            up.transport.write(data)
-        else:
-            if self._pre is None:
-                self._pre = []
-            self._pre.append(data)
-
     # -- starting a request ---------------------------------------------------------------
     def _start(self, head: RequestHead) -> None:
         server = self.server
@@ -465,7 +484,8 @@ class ClientConnection(asyncio.Protocol):
         self._rt = rt
         self._t0 = _clock()
         self._retained_size = 0
-        if not head.keep_alive or server.draining:
+        if not head.keep_alive or server.draining or head.upgrade is not None:
+            # after an upgrade request, refused or answered here, the client's bytes are not HTTP
             self._close_after = True
         plain_duties = self.proto == b"http" and (rt.redirect_https or server.acme_http01)
         if plain_duties and self._plain_listener_answers(head, rt):
@@ -508,8 +528,6 @@ class ClientConnection(asyncio.Protocol):
         fx = self._fx
         if fx is not None:
             fx.sent_at = self.server.loop.time()
-        if head.upgrade is not None:
-            self._close_after = True  # after a refused upgrade the client's byte stream is not HTTP
         if head.has_body():
             if head.expect_continue:
                 self._out.append(_CONTINUE)
@@ -693,14 +711,14 @@ class ClientConnection(asyncio.Protocol):
     def _request_bytes(self) -> bytes:
         head = self._head
         assert head is not None and self._route is not None
-        if head.upgrade is not None:
-            framing = b"Connection: upgrade\r\nUpgrade: " + head.upgrade + b"\r\n"
-        elif head.chunked:
+        if head.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif head.content_length is not None:
             framing = b"Content-Length: %d\r\n" % head.content_length
         else:
             framing = b""
+        if head.upgrade is not None:  # on top of the body's framing, never instead of it
+            framing += b"Connection: upgrade\r\nUpgrade: " + head.upgrade + b"\r\n"
         return b"".join(
             (
                 head.method,
@@ -809,7 +827,9 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._abort()  # truncated: the client must see an error, not a short body
             return
-        if conn.reused and not conn.got_bytes and self._attempts == 1 and (
+        if conn.reused and not conn.got_bytes and self._attempts == 1 and self._head is not None and (
+            self._head.method in _IDEMPOTENT
+        ) and (
             not self._head or not self._head.has_body() or (self._retained is not None and self._req_done)
         ):
             # A keep-alive connection the upstream closed just as we reused it: retry once, fresh.
@@ -936,7 +956,7 @@ class ClientConnection(asyncio.Protocol):
                 assert self._pool is not None
                 if self._write_paused or self._paced:
                     up.transport.resume_reading()  # paused on our behalf; the next user needs it reading
-                self._pool.release(up)
+                up.release_to = self._pool  # pooled once the read that ended the response is parsed
             elif self._req_done:
                 up.close()
             else:
@@ -1033,13 +1053,18 @@ class ClientConnection(asyncio.Protocol):
         )
         if rest:
             self._out.append(rest)
+        held = self._tunnel_buf
+        self._tunnel_buf = None
+        if held:
+            conn.transport.write(bytes(held))
+            self.resume_reading(_BY_BUFFER)
         self._up = None
         self._tunnel = conn
         conn.tunnel = True
         if self._paused & _BY_UPSTREAM:
             self.resume_reading(_BY_UPSTREAM)
-        self.deadline = _INF
-        self.deadline_kind = _NONE
+        self.deadline = self.server.loop.time() + _TUNNEL_IDLE
+        self.deadline_kind = _TUNNEL
         self._log_and_count()
         self.flush()
 
@@ -1084,6 +1109,8 @@ class ClientConnection(asyncio.Protocol):
         self._log_and_count()
         head = self._head
         self._reset()
+        if self._paused & _BY_UPSTREAM:
+            self.resume_reading(_BY_UPSTREAM)  # that upstream connection is gone from this exchange
         if self._deferred is not None and not self._pending:
             self._reject(*self._deferred)
             return
@@ -1095,7 +1122,8 @@ class ClientConnection(asyncio.Protocol):
             nxt = self._pending.popleft()
             if self._body_pending is nxt:
                 self._body_pending = None  # its body is still arriving: later chunks go to it directly
-            self.resume_reading(_BY_BUFFER)
+            if len(self._pending) < _PIPELINE_LIMIT:
+                self.resume_reading(_BY_BUFFER)
             self._start(nxt.head)
             if self._head is nxt.head:
                 for chunk in nxt.body:
@@ -1201,6 +1229,13 @@ class ClientConnection(asyncio.Protocol):
             self._fail(503, "upstream connection limit reached", close=not self._req_done)
         elif kind == _BODY:
             self._fail(408, "request body stalled", close=True)
+        elif kind == _TUNNEL:
+            if self.bytes_tunnelled != self._bytes_mark:
+                self._bytes_mark = self.bytes_tunnelled
+                self.deadline = now + _TUNNEL_IDLE
+                self.deadline_kind = _TUNNEL
+                return
+            self._close()
         elif kind == _STREAM:
             if self._bytes != self._bytes_mark:  # still moving: the idle timeout is about silence
                 self._bytes_mark = self._bytes
@@ -1229,6 +1264,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "reader",
         "reader_head",
+        "release_to",
         "reused",
         "transport",
         "tunnel",
@@ -1246,6 +1282,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.idle_since = 0.0
         self._keep_alive = True
+        self.release_to: UpstreamPool | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -1256,15 +1293,36 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # bytes on an idle connection: it is not in a state we can reuse
             return
         if self.tunnel:
+            client.bytes_tunnelled += len(data)
             client.transport.write(data)
             return
         self.got_bytes = True
         try:
             offset = self.reader.feed(data)
         except ProtocolError as exc:
-            client.upstream_failed(exc.status, exc.reason)
-            client.flush()
+            self.release_to = None
+            current = self.client  # the response may have ended, and its client moved on, mid-read
+            if current is not None:
+                current.upstream_failed(exc.status, exc.reason)
+                current.flush()
+            self.abort()
             return
+        except Exception:
+            log.exception("upstream response handling failed")
+            self.release_to = None
+            current = self.client
+            if current is not None:
+                current.upstream_failed(502, "internal error handling the upstream response")
+                current.flush()
+            self.abort()
+            return
+        pool = self.release_to
+        if pool is not None:
+            self.release_to = None
+            if self.reader.trailing:
+                self.abort()  # more bytes than the response: this stream cannot be trusted again
+            else:
+                pool.release(self)
         if offset >= 0:
             client.start_tunnel(self, data[offset:])
             return
@@ -1308,7 +1366,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.client.response_end()
 
     def keep_alive_ok(self) -> bool:
-        return self._keep_alive and self.reader.clean and not self.closed and not self.transport.is_closing()
+        return (
+            self._keep_alive and self.reader.clean and not self.closed and not self.transport.is_closing()
+            and self.transport.get_write_buffer_size() == 0  # none of the last request is still queued
+        )
 
     def usable(self) -> bool:
         return not self.closed and not self.transport.is_closing()
