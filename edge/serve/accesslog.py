@@ -18,7 +18,7 @@ import time
 __all__ = ["AccessLog"]
 
 FLUSH_INTERVAL = 0.2
-FLUSH_AT = 2048
+FLUSH_AT = 256  # formatting a batch stalls the loop: 256 records is ~0.5 ms, a p99 we can live with
 _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\uffff]')
 
 
@@ -102,7 +102,7 @@ class AccessLog:
             add(
                 # client is an IP, method a token, host matched edge's Host grammar: no escaping needed
                 f'{prefix}.{int(wall * 1000) % 1000:03d}Z","client":"{client}","host":"{host}","method":"{method}",'
-                f'"path":{_s(path)},"status":{status},"bytes":{size},"duration":{duration:.6f},'
+                f'"path":{escape(path)},"status":{status},"bytes":{size},"duration":{duration:.6f},'
                 f'"upstream":{escape(upstream)},"route":{escape(route)}'
                 + (f',"tier":{escape(tier)}' if tier is not None else "")
                 + (f',"cache":"{cache}"' if cache is not None else "")
@@ -119,7 +119,7 @@ class AccessLog:
             pass
 
     def _escaped(self, value: str | None) -> str:
-        """JSON for route labels and upstream names: few distinct values, so cached."""
+        """JSON strings for paths, route labels and upstream names: they repeat, so cached."""
         found = self._escape_cache.get(value)
         if found is None:
             found = "null" if value is None else _s(value)

@@ -246,3 +246,33 @@ routes: [{{service: app}}]
         idle.close()
     finally:
         edge.stop()
+
+
+def test_websocket_over_tls(upstream, tmp_path):
+    """wss:// through a TLS listener (the client speaks HTTP/1.1 Upgrade inside TLS)."""
+    import asyncio
+    import ssl
+
+    import websockets
+
+    port = free_port()
+    ca = tmp_path / "ca"
+    edge = Edge(
+        f"version: 1\nlisteners:\n  websecure:\n    listen: ['127.0.0.1:{port}']\n"
+        f"    tls: {{certificates: [{{cert: '{ca}/localhost.pem', key: '{ca}/localhost.key'}}]}}\n"
+        f"services: {{s: {{upstreams: [{{url: '{upstream.url}'}}]}}}}\nroutes: [{{service: s}}]\n",
+        port,
+    )
+
+    async def talk() -> list:
+        context = ssl.create_default_context(cafile=str(ca / "root.pem"))
+        async with websockets.connect(f"wss://localhost:{port}/ws", ssl=context, open_timeout=5) as ws:
+            await ws.send("over tls")
+            first = await asyncio.wait_for(ws.recv(), 5)
+            await ws.send(b"\x01\x02")
+            return [first, await asyncio.wait_for(ws.recv(), 5)]
+
+    try:
+        assert asyncio.run(talk()) == ["over tls", b"\x01\x02"]
+    finally:
+        edge.stop()
