@@ -76,6 +76,9 @@ def unacked_bytes(transport, fd: int | None = None) -> int:
         return 0
 
 
+_VARY_LINES: dict[tuple[str, ...], bytes] = {}
+
+
 class Features:
     """One request's tier and cache state."""
 
@@ -189,7 +192,7 @@ class Features:
             return
         lines, names = rh.lines, rh.names
         if rh.status >= 200:
-            encoding = should_compress(head.header("accept-encoding"), rh, tier.compress)
+            encoding = should_compress(head.header("accept-encoding"), rh, True) if tier.compress else None
             if encoding == "gzip" and head.method != b"HEAD":
                 lines, names = compressed_head(lines, names)
                 rh.content_length = None
@@ -201,7 +204,14 @@ class Features:
                 names.append(b"accept-ch")
         lines.append(chooser.header_lines[tier.name])
         names.append(chooser.lheader)
-        merge_vary(lines, names, chooser.vary)
+        if b"vary" in names:
+            merge_vary(lines, names, chooser.vary)
+        elif chooser.vary:  # the common case: no Vary from the upstream, so one line made once
+            line = _VARY_LINES.get(chooser.vary)
+            if line is None:
+                line = _VARY_LINES[chooser.vary] = ("Vary: " + ", ".join(chooser.vary) + "\r\n").encode("latin-1")
+            lines.append(line)
+            names.append(b"vary")
         rh.lines, rh.names = lines, names
         if tier.max_rate:
             self.pacer = Pacer(tier.max_rate, now)

@@ -888,7 +888,9 @@ class ClientConnection(asyncio.Protocol):
         if fx is not None:
             server = self.server
             now = server.loop.time()
-            entry = fx.revalidated(rh, server.cache_store, now, server.wall_offset + _clock())
+            cached = route.cache_ttl is not None
+            wall = server.wall_offset + _clock() if cached else 0.0
+            entry = fx.revalidated(rh, server.cache_store, now, wall) if fx.revalidating else None
             if entry is not None:  # our conditional request came back 304: answer from the copy
                 self._resp_no_body = True
                 connection = b"Connection: close\r\n" if self._close_after or not self._req_done else b""
@@ -899,8 +901,7 @@ class ClientConnection(asyncio.Protocol):
                 self._out.append(data)
                 self._out.extend(chunks)
                 return
-            fx.response_head(rh, head, server.cache_store if route.cache_ttl is not None else None, now,
-                             server.wall_offset + _clock())
+            fx.response_head(rh, head, server.cache_store if cached else None, now, wall)
             self._resp_t0 = now
         self._status = status
         self._resp_started = True
