@@ -1324,21 +1324,11 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             offset = self.reader.feed(data)
         except ProtocolError as exc:
-            self.release_to = None
-            current = self.client  # the response may have ended, and its client moved on, mid-read
-            if current is not None:
-                current.upstream_failed(exc.status, exc.reason)
-                current.flush()
-            self.abort()
+            self._broken(exc.status, exc.reason)
             return
         except Exception:
             log.exception("upstream response handling failed")
-            self.release_to = None
-            current = self.client
-            if current is not None:
-                current.upstream_failed(502, "internal error handling the upstream response")
-                current.flush()
-            self.abort()
+            self._broken(502, "internal error handling the upstream response")
             return
         pool = self.release_to
         if pool is not None:
@@ -1351,6 +1341,15 @@ class UpstreamConnection(asyncio.Protocol):
             client.start_tunnel(self, data[offset:])
             return
         client.flush()
+
+    def _broken(self, status: int, reason: str) -> None:
+        """This connection's bytes cannot be trusted: fail whoever leases it now, then drop it."""
+        self.release_to = None
+        current = self.client  # the response may have ended, and its client moved on, mid-read
+        if current is not None:
+            current.upstream_failed(status, reason)
+            current.flush()
+        self.abort()
 
     def eof_received(self) -> bool:
         return False
