@@ -276,3 +276,31 @@ def test_websocket_over_tls(upstream, tmp_path):
         assert asyncio.run(talk()) == ["over tls", b"\x01\x02"]
     finally:
         edge.stop()
+
+
+def test_client_certificates_required_with_client_ca(upstream, tmp_path):
+    """listeners.*.tls.client_ca: no certificate, no connection; an edge-issued client cert works."""
+    import sys
+
+    ca = tmp_path / "ca"
+    subprocess.run([sys.executable, "-m", "edge", "ca", "init", "--dir", str(ca)], check=True, capture_output=True)
+    for extra in ([], ["--client"]):
+        name = "phone" if extra else "localhost"
+        subprocess.run([sys.executable, "-m", "edge", "ca", "issue", "--dir", str(ca), *extra, name], check=True,
+                       capture_output=True)
+    port = free_port()
+    edge = Edge(
+        f"version: 1\nlisteners:\n  websecure:\n    listen: ['127.0.0.1:{port}']\n"
+        f"    tls: {{certificates: [{{cert: '{ca}/localhost.pem', key: '{ca}/localhost.key'}}], "
+        f"client_ca: '{ca}/root.pem'}}\n"
+        f"services: {{s: {{upstreams: [{{url: '{upstream.url}'}}]}}}}\nroutes: [{{service: s}}]\n",
+        port,
+    )
+    try:
+        base = ["curl", "-sS", "--http1.1", "--cacert", str(ca / "root.pem"), f"https://localhost:{port}/status/200"]
+        assert subprocess.run(base, capture_output=True).returncode != 0
+        ok = subprocess.run([*base, "--cert", str(ca / "phone.pem"), "--key", str(ca / "phone.key")],
+                            capture_output=True)
+        assert ok.stdout == b"status 200\n", ok.stderr
+    finally:
+        edge.stop()
