@@ -290,6 +290,11 @@ class Server:
         self.terminators = terminators
         for key in [k for k in self._listeners if k not in wanted]:
             self._listeners.pop(key).close()
+        gone = set(self.policy.listeners) - set(policy.listeners)  # self.policy is still the old one here
+        if gone:
+            for conn in list(self.connections):
+                if conn.listener in gone:
+                    conn.drain()  # its listener is gone: finish what is in flight (HTTP/2: GOAWAY), then close
         await self._sync_acme(policy)
 
     async def _sync_acme(self, policy: Policy) -> None:

@@ -304,3 +304,25 @@ def test_client_certificates_required_with_client_ca(upstream, tmp_path):
         assert ok.stdout == b"status 200\n", ok.stderr
     finally:
         edge.stop()
+
+
+def test_connections_of_a_removed_listener_are_drained(upstream):
+    port, port2 = free_port(), free_port()
+    base = simple_policy(port, [upstream.url])
+    with_second = base.replace("listeners:\n", f"listeners:\n  extra: {{listen: ['127.0.0.1:{port2}']}}\n")
+    edge = Edge(with_second, port)
+    try:
+        wait_until(lambda: port_open(port2), what="second listener")
+        with connect("127.0.0.1", port2) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"GET /status/200 HTTP/1.1\r\nHost: a\r\n\r\n")
+            data = b""
+            while not data.endswith(b"status 200\n"):
+                data += sock.recv(4096)
+            edge.rewrite(base)
+            edge.reload()
+            assert sock.recv(4096) == b""  # the idle keep-alive connection is closed by the reload
+        assert raw_exchange(port, b"GET /status/200 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").startswith(
+            b"HTTP/1.1 200")
+    finally:
+        edge.stop()
