@@ -227,14 +227,13 @@ class H2Stream:
         service = route.service
         if (
             route.guarded
-            or getattr(service, "breaker", None) is not None
-            or getattr(service, "hash_key", None) is not None
+            or service.breaker is not None
+            or service.hash_key is not None
         ) and not self._admit(head, rt, route):
             return
         ustate = service.balancer.pick(self.balance_key)
         if ustate is None:
-            health = getattr(service, "health", None)
-            retry = health.retry_after(server.loop.time()) if health is not None else 5
+            retry = service.health.retry_after(server.loop.time())
             self._local(503, "no healthy upstream", [(b"retry-after", b"%d" % retry)])
             return
         if head.expect_continue and not end_stream:
@@ -271,25 +270,24 @@ class H2Stream:
         chooser = route.chooser
         if chooser is not None:  # the tier goes upstream (a client-sent value is replaced); no pacing on h2 yet
             Features().choose_tier(chooser, head, server.clients, client, now)
-        limiter = getattr(route, "limiter", None)
+        limiter = route.limiter
         if limiter is not None:
             decision = limiter.take(limiter.key_spec.key(client, getter, route.label), now)
             if decision is not ALLOWED:
                 route.metrics.ratelimited += 1
-                ban = getattr(server, "ban", None)
-                if decision.ban_for > 0 and ban is not None:
-                    ban(client, decision.ban_for)
+                if decision.ban_for > 0:
+                    server.ban(client, decision.ban_for)
                 extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in limiter.headers(decision)]
                 self._local(429, "rate limited", extra)
                 return False
         service = route.service
-        breaker = getattr(service, "breaker", None)
+        breaker = service.breaker
         if breaker is not None:
             if not breaker.allow(now):
                 self._local(503, "circuit open", [(b"retry-after", b"%d" % breaker.retry_after(now))])
                 return False
             self.gen = breaker.generation
-        hash_key = getattr(service, "hash_key", None)
+        hash_key = service.hash_key
         if hash_key is not None:
             self.balance_key = hash_key.key(client, getter, route.label)
         return True
@@ -302,13 +300,7 @@ class H2Stream:
             return
         self.uindex = -1
         service = route.service
-        now = self.conn.server.loop.time()
-        health = getattr(service, "health", None)
-        if health is not None:
-            health.record_response(index, status, now)
-        breaker = getattr(service, "breaker", None)
-        if breaker is not None:
-            breaker.record(0 < status < 500, now, self.gen)
+        service.record_outcome(index, status, self.conn.server.loop.time(), self.gen)
 
     def _lease(self, ustate: UpstreamState) -> None:
         route = self.route

@@ -659,11 +659,7 @@ class ClientConnection(asyncio.Protocol):
         self._uindex = -1
         service = self._service
         assert service is not None
-        now = self.server.loop.time()
-        service.health.record_response(index, status, now)
-        breaker = service.breaker
-        if breaker is not None:
-            breaker.record(0 < status < 500, now, self._gen)
+        service.record_outcome(index, status, self.server.loop.time(), self._gen)
 
     def _plain_listener_answers(self, head: RequestHead, rt: Runtime) -> bool:
         """ACME http-01 answers, then the 308 to https for ``redirect_https`` listeners."""

@@ -48,6 +48,16 @@ class ServiceRuntime:
         self.response_timeout = timeouts.response_header
         self.retries = policy.retries
 
+    def record_outcome(self, index: int, status: int, now: float, generation: int) -> None:
+        """How upstream ``index`` did, for its health and the breaker (status 0: no response).
+
+        One place for both protocols' exchanges; ``generation`` is the breaker's when the
+        request was admitted (-1: not checked)."""
+        self.health.record_response(index, status, now)
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.record(0 < status < 500, now, generation)
+
     def close(self) -> None:
         for pool in self.pools:
             pool.close()

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 
@@ -18,6 +19,7 @@ from tests.support.guard import connect
 from tests.support.procs import (
     DemoUpstream,
     Edge,
+    RawUpstream,
     RecordingUpstream,
     free_port,
     raw_exchange,
@@ -305,31 +307,15 @@ def test_upstream_too_slow_is_504(stack):
 
 
 def test_upstream_reset_is_502():
-    import socket
-    import threading
+    def reset(conn: socket.socket) -> None:
+        conn.recv(1024)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close = RST
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    stop = threading.Event()
-
-    def reset_all() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            conn.recv(1024)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            conn.close()  # RST
-
-    thread = threading.Thread(target=reset_all, daemon=True)
-    thread.start()
+    upstream = RawUpstream(reset)
     port = free_port()
     edge = Edge(
         f"version: 1\nlisteners: {{web: {{listen: ['127.0.0.1:{port}']}}}}\n"
-        f"services: {{r: {{upstreams: [{{url: 'http://127.0.0.1:{listener.getsockname()[1]}'}}], retries: 0}}}}\n"
+        f"services: {{r: {{upstreams: [{{url: '{upstream.url}'}}], retries: 0}}}}\n"
         "routes: [{service: r}]\n",
         port,
     )
@@ -338,8 +324,7 @@ def test_upstream_reset_is_502():
         assert split_response(result.stdout)[0] == 502
     finally:
         edge.stop()
-        stop.set()
-        listener.close()
+        upstream.close()
 
 
 def test_metrics_and_access_log(stack):

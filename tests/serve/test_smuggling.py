@@ -7,13 +7,12 @@ reaches it, however the request is wrapped (upgrade, pipelining, trailers, bodie
 from __future__ import annotations
 
 import socket
-import threading
 
 import pytest
 
 from tests.serve.test_pool import ScriptedUpstream
 from tests.support.guard import connect
-from tests.support.procs import Edge, RecordingUpstream, free_port, raw_exchange
+from tests.support.procs import Edge, RawUpstream, RecordingUpstream, free_port, raw_exchange
 
 
 @pytest.fixture(scope="module")
@@ -101,41 +100,22 @@ def test_a_post_is_not_replayed_on_a_fresh_connection():
 
 
 def test_extra_bytes_after_an_upstream_response_never_reach_the_next_client():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
-
     def answer(conn: socket.socket) -> None:
         conn.settimeout(5)
         buf = b""
-        try:
-            while data := conn.recv(65536):
-                buf += data
-                while b"\r\n\r\n" in buf:
-                    _, _, buf = buf.partition(b"\r\n\r\n")
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                                 b"HTTP/1.1 200 OK\r\nX-Injected: yes\r\nContent-Length: 7\r\n\r\nINJECT!")
-        except OSError:
-            pass
-        finally:
-            conn.close()
+        while data := conn.recv(65536):
+            buf += data
+            while b"\r\n\r\n" in buf:
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                             b"HTTP/1.1 200 OK\r\nX-Injected: yes\r\nContent-Length: 7\r\n\r\nINJECT!")
 
-    threading.Thread(target=serve, daemon=True).start()
+    upstream = RawUpstream(answer)
     port = free_port()
     edge = Edge(
         f"version: 1\nlisteners: {{web: {{listen: ['127.0.0.1:{port}']}}}}\n"
-        f"services: {{s: {{upstreams: [{{url: 'http://127.0.0.1:{listener.getsockname()[1]}'}}], "
-        "max_connections: 1}}\nroutes: [{service: s}]\n",
+        f"services: {{s: {{upstreams: [{{url: '{upstream.url}'}}], max_connections: 1}}}}\n"
+        "routes: [{service: s}]\n",
         port,
     )
     try:
@@ -144,8 +124,7 @@ def test_extra_bytes_after_an_upstream_response_never_reach_the_next_client():
             assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"ok") and b"INJECT" not in raw
     finally:
         edge.stop()
-        stop.set()
-        listener.close()
+        upstream.close()
 
 
 def test_a_pipelining_flood_is_bounded(guarded):
