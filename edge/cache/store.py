@@ -16,11 +16,8 @@ Invariants:
 Must not know: sockets, asyncio, HTTP semantics (``edge.cache.policy`` decides what and
 how long to store; this module keeps what it is told). Time is passed in as ``now``.
 
-Another backend (Redis via aiocache, shared by workers and instances) implements the same
-four operations, awaited: ``get`` (GET key + the ``|vary`` spec key, msgpack-decoded into an
-``Entry``), ``begin``/``append``/``commit`` (chunks collected up to ``max_entry_size``, then
-one ``SET key value PX (lifetime + stale_keep)`` with Redis' ``maxmemory`` and
-``allkeys-lru`` as the bound), ``refresh`` and ``delete``. See docs/features.md.
+The other backend, ``edge.cache.redis_store.RedisStore`` (shared by workers and instances),
+has the same interface with an awaited lookup (``fetch``). See docs/features.md.
 """
 
 from __future__ import annotations
@@ -211,7 +208,10 @@ class EntryWriter:
 
 
 class CacheStore(Protocol):
-    """What the shell needs from a store; ``MemoryStore`` is the one implementation so far."""
+    """What the shell needs from a store: ``MemoryStore``, or ``RedisStore`` (``remote``:
+    its lookups are awaited through ``fetch``, ``get`` always misses)."""
+
+    remote: bool
 
     def get(self, key: bytes, get_header: Callable[[str], str | None], now: float,
             explicit_only: bool = False) -> Entry | None: ...
@@ -235,6 +235,8 @@ class MemoryStore:
 
     __slots__ = ("_entries", "_vary", "evictions", "max_entry_size", "max_size", "size", "stale_keep")
 
+    remote = False
+
     def __init__(self, max_size: int, max_entry_size: int | None = None,
                  stale_keep: float = DEFAULT_STALE_KEEP) -> None:
         if max_size < ENTRY_OVERHEAD:
@@ -249,6 +251,12 @@ class MemoryStore:
         self._entries: OrderedDict[object, Entry] = OrderedDict()
         # primary key -> [Vary names of its newest response, number of entries under it]
         self._vary: dict[bytes, list] = {}
+
+    def resize(self, max_size: int) -> None:
+        """A reload changed ``cache.max_size``: evict down to it (entries stay otherwise)."""
+        self.max_size = max(max_size, ENTRY_OVERHEAD)
+        self.max_entry_size = self.max_size // ENTRY_SHARE
+        self._evict_to(self.max_size)
 
     # -- lookups ---------------------------------------------------------------------
     def get(self, key: bytes, get_header: Callable[[str], str | None], now: float,

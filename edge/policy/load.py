@@ -69,6 +69,7 @@ def _check_references(policy: Policy, loader: Loader) -> None:
     admin = policy.admin
     if admin is not None and admin.token_file is None and not _is_loopback(admin.listen.host):
         err("admin.listen", "a non-loopback admin address needs admin.token_file (metrics and status are private)")
+    _check_redis(policy, err)
     zones = policy.network.zones if policy.network else {}
     for name, service in policy.services.items():
         fallback = service.fallback
@@ -106,6 +107,20 @@ def _check_references(policy: Policy, loader: Loader) -> None:
             names[route.name] = index
     if policy.network is not None:
         _check_network(policy, loader)
+
+
+def _check_redis(policy: Policy, err: Any) -> None:
+    """Redis URLs parse, and ``cache.backend: redis`` has one (its own, else ``state.redis_url``)."""
+    from edge.cache.redis_store import parse_redis_url
+
+    for key, url in (("cache.redis_url", policy.cache.redis_url), ("state.redis_url", policy.state.redis_url)):
+        if url is not None:
+            try:
+                parse_redis_url(url)
+            except ValueError as exc:
+                err(key, str(exc))
+    if policy.cache.backend == "redis" and not (policy.cache.redis_url or policy.state.redis_url):
+        err("cache.backend", "backend redis needs cache.redis_url (or state.redis_url)")
 
 
 def _check_network(policy: Policy, loader: Loader) -> None:

@@ -23,7 +23,7 @@ from edge.cache.policy import (
     response_plan,
     revalidation_headers,
 )
-from edge.cache.store import Entry, EntryWriter, MemoryStore
+from edge.cache.store import CacheStore, Entry, EntryWriter
 from edge.http.h1 import RequestHead, ResponseHead
 from edge.quality import (
     ACCEPT_CH_LINE,
@@ -112,8 +112,9 @@ class Features:
         self.tier = tier
         set_header(head.lines, head.names, chooser.lheader, chooser.header_lines[tier.name])
 
-    def lookup(self, store: MemoryStore, head: RequestHead, scheme: bytes, ttl: float, now: float) -> str:
-        """'hit' (answer from ``self.entry``), 'miss' (forward), or 'only-if-cached' (504)."""
+    def lookup(self, store: CacheStore, head: RequestHead, scheme: bytes, ttl: float, now: float) -> str:
+        """'hit' (answer from ``self.entry``), 'miss' (forward), 'only-if-cached' (504), or
+        'fetch': a remote store must be asked first (``settle`` takes its answer)."""
         self.ttl = ttl
         method = head.method
         if method not in (b"GET", b"HEAD"):
@@ -128,7 +129,16 @@ class Features:
         self.inm = head.header("if-none-match")
         self.ims = head.header("if-modified-since")
         key = self.key = cache_key(head.host or b"", head.target, self.tier.name if self.tier else None, scheme)
-        entry = self.entry = store.get(key, head.header, now, plan.explicit_only)
+        if store.remote:
+            return "fetch"  # the shell awaits store.fetch, then calls settle
+        return self.settle(store.get(key, head.header, now, plan.explicit_only), head, now)
+
+    def settle(self, entry: Entry | None, head: RequestHead, now: float) -> str:
+        """What the looked-up ``entry`` (None: a miss) means for this request: 'hit', 'miss'
+        (forward; as a revalidation when the entry has validators) or 'only-if-cached'."""
+        plan = self.plan
+        assert plan is not None
+        self.entry = entry
         if entry is not None and entry.satisfies(plan, now):
             self.cache_status = "hit"
             return "hit"
@@ -165,7 +175,7 @@ class Features:
         return b"".join(lines)
 
     # -- response side ------------------------------------------------------------------------
-    def revalidated(self, rh: ResponseHead, store: MemoryStore, now: float, wall: float) -> Entry | None:
+    def revalidated(self, rh: ResponseHead, store: CacheStore, now: float, wall: float) -> Entry | None:
         """The upstream's 304 to our revalidation: refresh the entry and return it, else None."""
         entry = self.entry
         if not self.revalidating or rh.status != 304 or entry is None or self.plan is None:
@@ -177,7 +187,7 @@ class Features:
         self.cache_status = "revalidated"
         return entry
 
-    def response_head(self, rh: ResponseHead, head: RequestHead, store: MemoryStore | None, now: float,
+    def response_head(self, rh: ResponseHead, head: RequestHead, store: CacheStore | None, now: float,
                       wall: float) -> None:
         """Start storing the response if it may be, then add the tier's lines and maybe gzip."""
         if store is not None and self.plan is not None and self.key is not None and head.method == b"GET":

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING
 
 from edge.cache.fallback import SERVE_STALE, USE_SERVICE, fallback_for
@@ -641,7 +642,13 @@ class ClientConnection(asyncio.Protocol):
                     server.clients.observe_rtt(client, rtt, now)
             fx.choose_tier(route.chooser, head, server.clients, client, now)
         if route.cache_ttl is not None:
-            found = fx.lookup(server.cache_store, head, self.proto, route.cache_ttl, now)
+            store = server.cache_store
+            found = fx.lookup(store, head, self.proto, route.cache_ttl, now)
+            if found == "fetch":
+                if not head.has_body():
+                    self._fetch(store, fx, head)
+                    return False
+                found = fx.settle(None, head, now)  # a GET with a body: not worth a round trip
             if found == "hit":
                 self._serve_entry(fx.entry, stale=False)
                 return False
@@ -649,6 +656,37 @@ class ClientConnection(asyncio.Protocol):
                 self._local(504, "not in the cache (only-if-cached)")
                 return False
         return True
+
+    def _fetch(self, store, fx: Features, head: RequestHead) -> None:
+        """Ask a remote cache (Redis) for this request; ``_fetched`` goes on from there.
+        Pipelined requests queue behind it as behind any active request."""
+        plan = fx.plan
+        assert plan is not None and fx.key is not None
+        task = self.server.loop.create_task(store.fetch(fx.key, head.header, self.server.loop.time(),
+                                                        plan.explicit_only))
+        task.add_done_callback(partial(self._fetched, head))
+
+    def _fetched(self, head: RequestHead, task: asyncio.Task) -> None:
+        if task.cancelled() or self._closed or self._head is not head:
+            return
+        fx = self._fx
+        assert fx is not None
+        try:
+            found = fx.settle(task.result(), head, self.server.loop.time())
+            if found == "hit":
+                self._serve_entry(fx.entry, stale=False)
+            elif found == "only-if-cached":
+                self._local(504, "not in the cache (only-if-cached)")
+            else:
+                self._dispatch(head)
+        except Exception:  # as in data_received: a bug costs one connection, with an answer
+            log.exception("request handling failed")
+            if self._resp_started or self._closed:
+                self._abort()
+            else:
+                self._reject(500, "internal error")
+            return
+        self.flush()
 
     def _record(self, status: int) -> None:
         """Tell health and breaker how the upstream did (status 0: no response at all)."""

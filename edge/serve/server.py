@@ -18,7 +18,7 @@ import time
 
 from edge.acme import AcmeManager
 from edge.ca import ensure_internal
-from edge.cache.store import MemoryStore
+from edge.cache.store import CacheStore, MemoryStore
 from edge.geoip import GeoIPDatabase
 from edge.policy import Policy, PolicyErrors, load_policy
 from edge.quality import ClientMeasurements
@@ -65,7 +65,7 @@ class Server:
         self.health_checks = ActiveHealthChecks(loop)
         # kept across reloads: what edge learnt about clients, and the response cache
         self.clients = ClientMeasurements()
-        self.cache_store = MemoryStore(policy.cache.max_size)
+        self.cache_store: CacheStore = self._open_cache(policy)
         self.geoip: GeoIPDatabase | None = None
         self._sync_geoip(policy)
         self._next_limiter_sweep = 0.0
@@ -130,6 +130,8 @@ class Server:
             await self._admin.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.cache_store.remote:
+            await self.cache_store.close()  # type: ignore[attr-defined]
         self.access_log.close()
         self._stopped.set()
 
@@ -156,6 +158,7 @@ class Server:
         self.runtime = new
         self.policy = policy
         self._watch_reload(previous_policy, policy)
+        self._sync_cache(previous_policy, policy)
         self.access_log.configure(policy.access_log.path, policy.access_log.enabled)
         self.access_log.reopen()
         for service in retired_services(old, new):
@@ -164,6 +167,32 @@ class Server:
         self.metrics.reloads["ok"] += 1
         log.info("policy reloaded from %s", path)
         return True
+
+    # -- the response cache ---------------------------------------------------------------
+    def _open_cache(self, policy: Policy) -> CacheStore:
+        cache = policy.cache
+        if cache.backend == "redis":
+            from edge.cache.redis_store import RedisStore
+
+            url = cache.redis_url or policy.state.redis_url
+            assert url is not None  # the loader requires one
+            log.info("cache: shared, in redis at %s", url.rpartition("@")[2])
+            return RedisStore(url, cache.max_size, self.loop)
+        return MemoryStore(cache.max_size)
+
+    def _sync_cache(self, previous: Policy, policy: Policy) -> None:
+        """A reload that changes the backend or its URL opens a new store (the old Redis
+        client closes once its writes are out); a new max_size applies to the memory store
+        in place, evicting what no longer fits."""
+        old, new = previous.cache, policy.cache
+        if (old.backend, old.redis_url or previous.state.redis_url) != (
+                new.backend, new.redis_url or policy.state.redis_url):
+            current = self.cache_store
+            self.cache_store = self._open_cache(policy)
+            if current.remote:
+                self.loop.create_task(current.close())  # type: ignore[attr-defined]
+        elif isinstance(self.cache_store, MemoryStore) and old.max_size != new.max_size:
+            self.cache_store.resize(new.max_size)
 
     def _sync_tls(self, policy: Policy) -> dict[str, TlsTerminator]:
         """The TLS terminator of every TLS listener: internal leaves issued or renewed, certs (re)read.
@@ -261,6 +290,7 @@ class Server:
             return
         old = self.runtime
         self.runtime = new
+        self._sync_cache(self.policy, policy)
         self.policy = policy
         for service in retired_services(old, new):
             service.close()

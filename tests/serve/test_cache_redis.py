@@ -1,0 +1,152 @@
+"""`cache.backend: redis`: two real edge instances share one cache in a real redis-server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.serve.test_features import get
+from tests.support.procs import DemoUpstream, Edge, free_port, wait_until
+from tests.support.redis import RedisServer
+
+
+def policy(port: int, up: DemoUpstream, redis_url: str, extra_service: str = "") -> str:
+    return (
+        f"version: 1\nlisteners: {{web: {{listen: ['127.0.0.1:{port}']}}}}\n"
+        f"cache: {{backend: redis, redis_url: '{redis_url}'}}\n"
+        f"services: {{s: {{upstreams: [{{url: '{up.url}'}}]{extra_service}}}}}\n"
+        "routes:\n  - {host: cache.test, service: s, cache: {ttl: 60s}}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def pair():
+    redis = RedisServer()
+    up = DemoUpstream("shared")
+    a_port, b_port = free_port(), free_port()
+    a = Edge(policy(a_port, up, redis.url), a_port)
+    b = Edge(policy(b_port, up, redis.url), b_port)
+    yield {"a": a_port, "b": b_port, "redis": redis, "up": up, "edge_b": b}
+    a.stop()
+    b.stop()
+    up.stop()
+    redis.stop()
+
+
+def stored(redis: RedisServer, target: str) -> bool:
+    return b":1\r\n" in redis.command("EXISTS", f"edge:cache:http|cache.test|{target}")
+
+
+def test_a_response_cached_by_one_instance_is_a_hit_on_the_other(pair):
+    a, b, redis = pair["a"], pair["b"], pair["redis"]
+    first = get(a, "/count?shared=1", host="cache.test")
+    assert first[0] == 200
+    wait_until(lambda: stored(redis, "/count?shared=1"), what="the entry in redis")
+    second = get(b, "/count?shared=1", host="cache.test")
+    assert second[0] == 200 and second[2] == first[2]  # the same count: the upstream was not asked
+    assert "age" in second[1]
+    # the upstream's counter moved by exactly one for the two requests
+    after = get(b, "/count?shared=2", host="cache.test")[2]
+    assert int(after.split()[1]) == int(first[2].split()[1]) + 1
+    wait_until(lambda: any(r.get("cache") == "hit" for r in pair["edge_b"].access_log()), what="a logged hit")
+
+
+def test_variants_are_shared_and_kept_apart(pair):
+    a, b, redis = pair["a"], pair["b"], pair["redis"]
+    target = "/count?vary=Accept-Language&v=1"
+    en = get(a, target, "Accept-Language: en", host="cache.test")[2]
+    wait_until(lambda: stored(redis, target), what="the entry in redis")
+    de = get(b, target, "Accept-Language: de", host="cache.test")[2]
+    assert en.endswith(b" en\n") and de.endswith(b" de\n") and en != de
+    assert get(b, target, "Accept-Language: en", host="cache.test")[2] == en
+
+
+def test_an_unsafe_request_on_one_instance_invalidates_for_all(pair):
+    a, b, redis = pair["a"], pair["b"], pair["redis"]
+    target = "/count?purge=1"
+    first = get(a, target, host="cache.test")[2]
+    wait_until(lambda: stored(redis, target), what="the entry in redis")
+    assert get(b, target, host="cache.test")[2] == first
+    raw = f"POST {target} HTTP/1.1\r\nHost: cache.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    from tests.support.procs import raw_exchange
+
+    assert raw_exchange(b, raw.encode()).startswith(b"HTTP/1.1 200")
+    wait_until(lambda: not stored(redis, target), what="the entry gone from redis")
+    assert get(a, target, host="cache.test")[2] != first
+
+
+def test_revalidation_refreshes_the_shared_copy(pair):
+    a, b, redis = pair["a"], pair["b"], pair["redis"]
+    target = "/count?etag=1&cc=no-cache&r=1"
+    first = get(a, target, host="cache.test")
+    wait_until(lambda: stored(redis, target), what="the entry in redis")
+    second = get(b, target, host="cache.test")  # no-cache: b revalidates, the upstream says 304
+    assert second[0] == 200 and second[2] == first[2] and second[1]["etag"] == '"v1"'
+    assert get(b, target, 'If-None-Match: "v1"', host="cache.test")[0] == 304
+
+
+def test_stale_copy_from_another_instance_serves_while_the_upstream_is_down():
+    redis = RedisServer()
+    up = DemoUpstream("flaky")
+    a_port, b_port = free_port(), free_port()
+    service = ", fallback: stale, health_check: {path: /status/200, interval: 100ms, timeout: 300ms, " \
+              "healthy: 1, unhealthy: 1}"
+    text = policy(a_port, up, redis.url, service).replace("ttl: 60s", "ttl: 1s")
+    a = Edge(text, a_port)
+    b = Edge(policy(b_port, up, redis.url, service).replace("ttl: 60s", "ttl: 1s"), b_port)
+    try:
+        status, _, body = get(a_port, "/count?stale=1", host="cache.test")
+        assert status == 200
+        wait_until(lambda: stored(redis, "/count?stale=1"), what="the entry in redis")
+        up.stop()
+        # b never fetched it itself: its stale copy comes from what a stored
+        wait_until(lambda: "warning" in get(b_port, "/count?stale=1", host="cache.test")[1], timeout=6,
+                   interval=0.1, what="the copy served stale by the other instance")
+        status, headers, stale = get(b_port, "/count?stale=1", host="cache.test")
+        assert status == 200 and stale == body and headers["warning"].startswith("110")
+    finally:
+        a.stop()
+        b.stop()
+        redis.stop()
+
+
+def test_redis_down_means_misses_not_errors():
+    redis = RedisServer()
+    up = DemoUpstream("plain")
+    port = free_port()
+    edge = Edge(policy(port, up, redis.url), port)
+    try:
+        assert get(port, "/count?down=1", host="cache.test")[0] == 200
+        redis.stop()
+        bodies = [get(port, "/count?down=2", host="cache.test") for _ in range(3)]
+        assert all(status == 200 for status, _, _ in bodies)
+        assert len({body for _, _, body in bodies}) == 3  # every one went upstream
+        wait_until(lambda: "redis cache" in edge.stderr(), what="the logged redis failure")
+    finally:
+        edge.stop()
+        up.stop()
+
+
+@pytest.mark.parametrize(
+    ("cache", "message"),
+    [
+        ("cache: {backend: redis}", "cache.backend: backend redis needs cache.redis_url (or state.redis_url)"),
+        ("cache: {backend: redis, redis_url: 'http://x'}", "cache.redis_url: redis URL must start with redis://"),
+    ],
+)
+def test_check_names_a_redis_backend_without_a_usable_url(tmp_path, cache, message):
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nlisteners: {web: {listen: ['127.0.0.1:1']}}\n" + cache + "\n")
+    done = subprocess.run([sys.executable, "-m", "edge", "check", "-c", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert f"p.yaml:3: {message}" in done.stdout + done.stderr
+
+
+def test_state_redis_url_serves_the_cache_too(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nlisteners: {web: {listen: ['127.0.0.1:1']}}\n"
+                    "state: {redis_url: 'redis://127.0.0.1:1/2'}\ncache: {backend: redis}\n")
+    done = subprocess.run([sys.executable, "-m", "edge", "check", "-c", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
