@@ -66,6 +66,7 @@ _ACME_PREFIX = b"/.well-known/acme-challenge/"
 _RETAIN_LIMIT = 64 * 1024  # request bodies up to this are kept for the one retry on a stale connection
 _PRE_BUFFER_LIMIT = 256 * 1024  # body buffered while the upstream connects; beyond it, stop reading
 _PIPELINE_LIMIT = 16  # queued pipelined requests before we stop reading the client
+_TLS_RECORD = 16384  # TLS plaintext record limit (RFC 8446 5.1): what one write may join
 _PIPELINE_MAX = 128  # parsed from reads already in hand beyond that: the client is flooding us
 _DRAIN_CHECK = 0.2  # seconds between looks at a large response's delivery (quality routes only)
 _DRAIN_GIVE_UP = 30.0
@@ -163,6 +164,7 @@ class ClientConnection(asyncio.Protocol):
         "_service",
         "_status",
         "_t0",
+        "_tls",
         "_to_lease",
         "_tried",
         "_tunnel",
@@ -211,6 +213,7 @@ class ClientConnection(asyncio.Protocol):
         self._host = ""
         self._tunnel_buf: bytearray | None = None  # client bytes after an upgrade head, before the 101
         self._proxy_buf: bytes | None = None  # PROXY header bytes so far, while one is expected
+        self._tls = proto == b"https"
         self.peer_port = 0
         self._in_feed = False
         self._to_lease: UpstreamState | None = None
@@ -403,8 +406,18 @@ class ClientConnection(asyncio.Protocol):
         out = self._out
         if out:
             self._out = []
-            if not self._closed:
-                self.transport.writelines(out)
+            if self._closed:
+                return
+            if self._tls and len(out) > 1:
+                # uvloop's TLS transport makes one record per piece: a small response (head and
+                # body) goes as one record, a large one keeps its pieces (no copy of the body)
+                size = 0
+                for piece in out:
+                    size += len(piece)
+                if size <= _TLS_RECORD:
+                    self.transport.write(b"".join(out))
+                    return
+            self.transport.writelines(out)
 
     # -- request side (RequestReader sink) ----------------------------------------------
     def request_head(self, head: RequestHead) -> None:
