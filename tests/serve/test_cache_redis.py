@@ -109,6 +109,7 @@ def test_stale_copy_from_another_instance_serves_while_the_upstream_is_down():
     finally:
         a.stop()
         b.stop()
+        up.stop()
         redis.stop()
 
 
