@@ -12,6 +12,10 @@ number of buckets never exceeds ``max_keys``: buckets that would be full again a
 dropped (an absent key means a full bucket), and past the cap the least recently used
 bucket goes.
 
+With ``state.redis_url`` the buckets are shared among instances: ``take`` stays local and
+synchronous, counting what it takes (``taken``); the shell reports those counts every
+100 ms and ``adopt``s the shared level each key has after every instance's reports.
+
 Must not know: sockets, clocks, asyncio, the HTTP codec. Every time-dependent call
 takes ``now`` (monotonic seconds) from the caller.
 """
@@ -110,6 +114,7 @@ class RateLimiter:
         "policy_header",
         "rate",
         "rejected",
+        "taken",
     )
 
     def __init__(
@@ -137,6 +142,9 @@ class RateLimiter:
         self._ban_for = ban.for_ if ban is not None else 0.0
         # Rejections since start; the shell adds it to edge_ratelimit_rejected_total{route}.
         self.rejected = 0
+        # Shared buckets (``state.redis_url``): tokens taken per key since the last report to
+        # the other instances; None while the buckets are this process's alone.
+        self.taken: dict[str, int] | None = None
         # Constant per limit: the whole bucket is the quota, the time to refill it the window.
         window = max(1, math.ceil(self._full_after))
         self.policy_header = f'"{_sf_string(name)}";q={limit.burst};w={window}'
@@ -146,8 +154,11 @@ class RateLimiter:
         """Take one token for ``key``: ``ALLOWED``, or a rejection to answer with 429."""
         buckets = self._buckets
         bucket = buckets.get(key)
+        taken = self.taken
         if bucket is None:
             self._insert(key, now)
+            if taken is not None:
+                taken[key] = taken.get(key, 0) + 1
             return ALLOWED
         buckets.move_to_end(key)
         elapsed = now - bucket.stamp
@@ -159,6 +170,8 @@ class RateLimiter:
             bucket.stamp = now
         if tokens >= 1.0:
             bucket.tokens = tokens - 1.0
+            if taken is not None:
+                taken[key] = taken.get(key, 0) + 1
             return ALLOWED
         bucket.tokens = tokens
         return self._reject(key, tokens, now)
@@ -232,6 +245,43 @@ class RateLimiter:
         if tokens >= self.burst:
             return int(tokens), 0
         return int(tokens), max(1, math.ceil((1.0 - (tokens % 1.0)) / self.rate))
+
+    # -- shared buckets (state.redis_url) ------------------------------------------------
+    def share(self, shared: bool = True) -> None:
+        """Start (or stop) counting tokens taken, for a shell that reports them elsewhere."""
+        if not shared:
+            self.taken = None
+        elif self.taken is None:
+            self.taken = {}
+
+    def report(self, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` (key, tokens taken) pairs since the last report, now forgotten."""
+        taken = self.taken
+        if not taken:
+            return []
+        if len(taken) <= limit:
+            self.taken = {}
+            return list(taken.items())
+        batch = []
+        for key in list(taken)[:limit]:
+            batch.append((key, taken.pop(key)))
+        return batch
+
+    def adopt(self, key: str, level: float, now: float) -> None:
+        """The shared bucket of ``key`` holds ``level`` tokens after every instance's reports,
+        ours included: the local bucket takes that level, less what was taken here since."""
+        taken = self.taken
+        since = taken.get(key, 0) if taken is not None else 0
+        tokens = min(self.burst, level) - since
+        if tokens < 0.0:
+            tokens = 0.0
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = tokens
+            bucket.stamp = now
+        elif tokens < self.burst:
+            self._insert(key, now)
+            self._buckets[key].tokens = tokens
 
     # -- memory --------------------------------------------------------------------------
     def _sweep(self, now: float, budget: int) -> int:
@@ -310,6 +360,9 @@ class RateLimiter:
         """Reload: adopt the buckets of the limiter this one replaces."""
         self.import_state(old.export_state(now), now)
         self.rejected = old.rejected
+        if self.taken is not None and old.taken:
+            for key, count in old.taken.items():  # not yet reported to the other instances
+                self.taken[key] = self.taken.get(key, 0) + count
 
 
 def _sf_string(value: str) -> str:

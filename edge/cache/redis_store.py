@@ -27,14 +27,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from urllib.parse import unquote, urlsplit
 
 import msgpack
 
 from edge.cache.policy import ResponsePlan, vary_values
 from edge.cache.store import DEFAULT_STALE_KEEP, ENTRY_OVERHEAD, ENTRY_SHARE, Entry, EntryWriter, _strip_age
+from edge.redis_client import open_redis
 
-__all__ = ["RedisStore", "decode_entry", "encode_entry", "parse_redis_url"]
+__all__ = ["RedisStore", "decode_entry", "encode_entry"]
 
 log = logging.getLogger("edge.cache")
 
@@ -52,30 +52,6 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], 'v', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
-
-
-def parse_redis_url(url: str) -> dict:
-    """``redis://[:password@]host[:port][/db]`` or ``rediss://`` (TLS) as connection options;
-    ValueError with the reason otherwise (the policy loader reports it with file and line)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"redis URL must start with redis:// or rediss://, not {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"redis URL has no host: {url!r}")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"redis URL has a bad port: {url!r}") from None
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"redis URL database must be a number: {url!r}")
-    return {
-        "endpoint": parts.hostname,
-        "port": port,
-        "db": int(path) if path else 0,
-        "password": unquote(parts.password) if parts.password else None,
-        "ssl": parts.scheme == "rediss",
-    }
 
 
 def _variant(vary: tuple[bytes, ...], get_header: Callable[[str], str | None]) -> bytes:
@@ -136,9 +112,6 @@ class RedisStore:
 
     def __init__(self, url: str, max_size: int, loop: asyncio.AbstractEventLoop,
                  stale_keep: float = DEFAULT_STALE_KEEP, clock: Callable[[], float] | None = None) -> None:
-        from aiocache import RedisCache
-        from aiocache.serializers import NullSerializer
-
         self.url = url
         self.max_size = max_size
         self.max_entry_size = max_size // ENTRY_SHARE
@@ -147,12 +120,7 @@ class RedisStore:
         clock = clock or loop.time
         self._clock = clock
         self.wall_offset = time.time() - clock()
-        options = parse_redis_url(url)
-        ssl = options.pop("ssl")
-        self._cache = RedisCache(
-            serializer=NullSerializer(), namespace=None, timeout=LOOKUP_TIMEOUT, pool_max_size=POOL_SIZE,
-            create_connection_timeout=LOOKUP_TIMEOUT, ssl=ssl, **options,
-        )
+        self._cache = open_redis(url, LOOKUP_TIMEOUT, POOL_SIZE)
         self._store_script = self._cache.client.register_script(_STORE_SCRIPT)
         self._writes: set[asyncio.Task] = set()
         self.errors = 0

@@ -111,7 +111,7 @@ def _check_references(policy: Policy, loader: Loader) -> None:
 
 def _check_redis(policy: Policy, err: Any) -> None:
     """Redis URLs parse, and ``cache.backend: redis`` has one (its own, else ``state.redis_url``)."""
-    from edge.cache.redis_store import parse_redis_url
+    from edge.redis_client import parse_redis_url
 
     for key, url in (("cache.redis_url", policy.cache.redis_url), ("state.redis_url", policy.state.redis_url)):
         if url is not None:

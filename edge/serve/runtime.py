@@ -141,11 +141,14 @@ def compile_runtime(
                 fresh.breaker.carry_over(kept.breaker, now)
     old_limiters = previous.limiters if previous is not None else {}
     old_limits = previous.policy.rate_limits if previous is not None else {}
+    shared = policy.state.redis_url is not None
     for name, limit in policy.rate_limits.items():
         if name in old_limiters and old_limits.get(name) == limit:
-            runtime.limiters[name] = old_limiters[name]  # unchanged: the very same buckets
+            limiter = runtime.limiters[name] = old_limiters[name]  # unchanged: the very same buckets
+            limiter.share(shared)
             continue
         limiter = runtime.limiters[name] = RateLimiter(name, limit)
+        limiter.share(shared)
         if name in old_limiters:
             limiter.carry_over(old_limiters[name], now)
     choosers: dict[str, TierChooser] = {}

@@ -27,6 +27,7 @@ from edge.serve.health_checks import ActiveHealthChecks
 from edge.serve.metrics import Metrics, RouteMetrics
 from edge.serve.proxy import ClientConnection, UpstreamConnection
 from edge.serve.runtime import Runtime, changed_route_labels, compile_runtime, retired_services
+from edge.serve.shared_limits import SharedLimits
 from edge.serve.state import load_state, save_state
 from edge.tls import HANDSHAKE_TIMEOUT, TlsError, TlsTerminator
 
@@ -66,6 +67,7 @@ class Server:
         # kept across reloads: what edge learnt about clients, and the response cache
         self.clients = ClientMeasurements()
         self.cache_store: CacheStore = self._open_cache(policy)
+        self.shared_limits: SharedLimits | None = None
         self.geoip: GeoIPDatabase | None = None
         self._sync_geoip(policy)
         self._next_limiter_sweep = 0.0
@@ -82,6 +84,7 @@ class Server:
             self._admin = AdminServer(self)
             await self._admin.start(self.policy.admin)
         self._sweeper = self.loop.create_task(self._sweep())
+        self._sync_shared_limits(self.policy)
         self.health_checks.sync(self.runtime)
         for sig, handler in ((signal.SIGHUP, self.request_reload), (signal.SIGTERM, self.request_stop),
                              (signal.SIGINT, self.request_stop)):
@@ -132,6 +135,8 @@ class Server:
             self._sweeper.cancel()
         if self.cache_store.remote:
             await self.cache_store.close()  # type: ignore[attr-defined]
+        if self.shared_limits is not None:
+            await self.shared_limits.close()
         self.access_log.close()
         self._stopped.set()
 
@@ -159,6 +164,7 @@ class Server:
         self.policy = policy
         self._watch_reload(previous_policy, policy)
         self._sync_cache(previous_policy, policy)
+        self._sync_shared_limits(policy)
         self.access_log.configure(policy.access_log.path, policy.access_log.enabled)
         self.access_log.reopen()
         for service in retired_services(old, new):
@@ -167,6 +173,21 @@ class Server:
         self.metrics.reloads["ok"] += 1
         log.info("policy reloaded from %s", path)
         return True
+
+    # -- what instances share ------------------------------------------------------------
+    def _sync_shared_limits(self, policy: Policy) -> None:
+        """Start, stop or re-point the rate-limit reports to ``state.redis_url``."""
+        url = policy.state.redis_url
+        current = self.shared_limits
+        if current is not None and current.url == url:
+            return
+        if current is not None:
+            self.loop.create_task(current.close())
+            self.shared_limits = None
+        if url is not None:
+            self.shared_limits = SharedLimits(url, self.loop, lambda: self.runtime)
+            self.shared_limits.start()
+            log.info("rate limits: buckets shared through redis at %s", url.rpartition("@")[2])
 
     # -- the response cache ---------------------------------------------------------------
     def _open_cache(self, policy: Policy) -> CacheStore:
@@ -291,6 +312,7 @@ class Server:
         old = self.runtime
         self.runtime = new
         self._sync_cache(self.policy, policy)
+        self._sync_shared_limits(policy)
         self.policy = policy
         for service in retired_services(old, new):
             service.close()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edge.cache.redis_store import decode_entry, encode_entry, parse_redis_url
+from edge.cache.redis_store import decode_entry, encode_entry
 from edge.cache.store import MemoryStore
+from edge.redis_client import parse_redis_url
 from tests.features.test_cache_store import KEY, fill
 
 

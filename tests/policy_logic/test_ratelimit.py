@@ -288,3 +288,59 @@ def test_ban_within_zero_does_not_divide_by_zero() -> None:
     lim = limiter(rate=0.001, burst=1, ban=Ban(after=1, within=0.0, for_=5.0))
     lim.take("k", 0.0)
     assert [lim.take("k", 0.0).ban_for for _ in range(3)].count(5.0) <= 1
+
+
+# -- shared buckets (state.redis_url): counting, reporting, adopting ------------------------
+
+
+def test_a_shared_limiter_counts_what_it_takes_and_reports_once() -> None:
+    limiter = RateLimiter("api", RateLimit(rate=1.0, burst=3.0))
+    limiter.take("a", 0.0)
+    assert limiter.taken is None  # not shared: nothing counted
+    limiter.share()
+    for _ in range(5):
+        limiter.take("a", 0.0)  # 2 admitted, 3 rejected: only admissions count
+    limiter.take("b", 0.0)
+    assert sorted(limiter.report(10)) == [("a", 2), ("b", 1)]
+    assert limiter.report(10) == []
+
+
+def test_report_batches_are_bounded_and_lose_nothing() -> None:
+    limiter = RateLimiter("api", RateLimit(rate=1.0, burst=3.0))
+    limiter.share()
+    for n in range(7):
+        limiter.take(f"k{n}", 0.0)
+    first, second = limiter.report(5), limiter.report(5)
+    assert len(first) == 5 and len(second) == 2
+    assert {k for k, _ in first + second} == {f"k{n}" for n in range(7)}
+
+
+def test_adopting_the_shared_level_keeps_takes_made_since_the_report() -> None:
+    limiter = RateLimiter("api", RateLimit(rate=1.0, burst=10.0))
+    limiter.share()
+    limiter.take("a", 0.0)
+    limiter.report(10)  # reported 1; meanwhile another instance took 8 of the shared bucket
+    limiter.take("a", 0.0)  # taken here after the report
+    limiter.adopt("a", 1.0, 0.0)  # shared level: 10 - 1 - 8
+    assert limiter.tokens("a", 0.0) == 0.0  # 1 shared, less the 1 taken since
+    assert limiter.take("a", 0.0) is not ALLOWED
+    assert limiter.tokens("a", 1.0) == 1.0  # and it refills at the rate as before
+
+
+def test_adopting_a_key_never_seen_here_starts_its_bucket() -> None:
+    limiter = RateLimiter("api", RateLimit(rate=1.0, burst=5.0))
+    limiter.share()
+    limiter.adopt("a", 0.0, 0.0)
+    assert limiter.take("a", 0.0) is not ALLOWED
+    limiter.adopt("b", 9.0, 0.0)  # levels are clamped to this limit's burst
+    assert limiter.tokens("b", 0.0) == 5.0 and len(limiter) == 1
+
+
+def test_unreported_takes_survive_a_reload() -> None:
+    old = RateLimiter("api", RateLimit(rate=1.0, burst=5.0))
+    old.share()
+    old.take("a", 0.0)
+    new = RateLimiter("api", RateLimit(rate=2.0, burst=5.0))
+    new.share()
+    new.carry_over(old, 0.0)
+    assert new.report(10) == [("a", 1)]

@@ -9,7 +9,7 @@ import pytest
 
 from tests.serve.test_features import get
 from tests.support.procs import DemoUpstream, Edge, free_port, wait_until
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, two_edges
 
 
 def policy(port: int, up: DemoUpstream, redis_url: str, extra_service: str = "") -> str:
@@ -23,16 +23,8 @@ def policy(port: int, up: DemoUpstream, redis_url: str, extra_service: str = "")
 
 @pytest.fixture(scope="module")
 def pair():
-    redis = RedisServer()
-    up = DemoUpstream("shared")
-    a_port, b_port = free_port(), free_port()
-    a = Edge(policy(a_port, up, redis.url), a_port)
-    b = Edge(policy(b_port, up, redis.url), b_port)
-    yield {"a": a_port, "b": b_port, "redis": redis, "up": up, "edge_b": b}
-    a.stop()
-    b.stop()
-    up.stop()
-    redis.stop()
+    with two_edges(policy, "shared") as (redis, up, a, b):
+        yield {"a": a.port, "b": b.port, "redis": redis, "up": up, "edge_b": b}
 
 
 def stored(redis: RedisServer, target: str) -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from tests.support.privileged import require
-from tests.support.procs import Proc, free_port, wait_until
+from tests.support.procs import DemoUpstream, Edge, Proc, free_port, wait_until
 
 
 def _ping(port: int) -> bool:
@@ -39,3 +41,21 @@ class RedisServer(Proc):
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
             sock.sendall((" ".join(args) + "\r\n").encode())
             return sock.recv(65536)
+
+
+@contextmanager
+def two_edges(policy: Callable[[int, DemoUpstream, str], str], name: str) -> Iterator[tuple[RedisServer, DemoUpstream,
+                                                                                            Edge, Edge]]:
+    """A redis-server, a demo upstream and two edge instances on ``policy(port, upstream,
+    redis_url)``; everything stopped on the way out."""
+    redis = RedisServer()
+    up = DemoUpstream(name)
+    a_port, b_port = free_port(), free_port()
+    started: list[Proc] = [redis, up]
+    try:
+        started.append(Edge(policy(a_port, up, redis.url), a_port))
+        started.append(Edge(policy(b_port, up, redis.url), b_port))
+        yield redis, up, started[2], started[3]  # type: ignore[misc]
+    finally:
+        for proc in reversed(started):
+            proc.stop()
