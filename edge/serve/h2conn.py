@@ -46,12 +46,13 @@ from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
+from edge.serve.h2head import MemoDecoder, ResponseEncoder
 from edge.serve.h2stream import H2Stream
 
 if TYPE_CHECKING:
     from edge.serve.server import Server
 
-__all__ = ["CONNECTION_WINDOW", "MAX_STREAMS", "STREAM_WINDOW", "H2Connection"]
+__all__ = ["CONNECTION_WINDOW", "MAX_STREAMS", "STREAM_WINDOW", "H2Connection", "state_machine"]
 
 log = logging.getLogger("edge.serve.h2")
 
@@ -72,6 +73,26 @@ _CONFIG = H2Configuration(
     validate_outbound_headers=False,
     normalize_outbound_headers=False,
 )
+
+
+def state_machine(max_header: int) -> _H2StateMachine:
+    """A server-side h2 state machine with our settings, its preface and window increase queued."""
+    h2c = _H2StateMachine(config=_CONFIG)
+    h2c.local_settings = Settings(
+        client=False,
+        initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            SettingCodes.MAX_HEADER_LIST_SIZE: max_header,
+        },
+    )
+    # The advertised size is a hint; a head above it gets a 431 on its stream (h2head). Only a
+    # head above this hard limit is an attack (HPACK bomb): h2 makes that a connection error.
+    h2c.decoder = MemoDecoder(max(4 * max_header, 64 * 1024))
+    h2c.encoder = ResponseEncoder()  # type: ignore[assignment]
+    h2c.initiate_connection()
+    h2c.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
+    return h2c
 
 
 class H2Connection(asyncio.Protocol):
@@ -101,7 +122,7 @@ class H2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer = ""
         self.trusted = False
-        self.h2 = _H2StateMachine(config=_CONFIG)
+        self.h2: _H2StateMachine = None  # type: ignore[assignment]  # made in connection_made
         self.streams: dict[int, H2Stream] = {}
         self.deadline = _INF
         self.write_paused = False
@@ -119,22 +140,8 @@ class H2Connection(asyncio.Protocol):
         self.peer = peer[0] if peer else "unix"
         server = self.server
         self.trusted = self.peer in server.runtime.trusted
+        self.h2 = state_machine(server.runtime.limits.max_header_size)
         server.connection_opened(self)  # type: ignore[arg-type]
-        max_header = server.runtime.limits.max_header_size
-        h2c = self.h2
-        h2c.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                SettingCodes.MAX_HEADER_LIST_SIZE: max_header,
-            },
-        )
-        # The advertised size is a hint; a head above it gets a 431 on its stream (h2head). Only a
-        # head above this hard limit is an attack (HPACK bomb): h2 makes that a connection error.
-        h2c.decoder.max_header_list_size = max(4 * max_header, 64 * 1024)
-        h2c.initiate_connection()
-        h2c.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
         self._idle()
         self.flush()
         if server.draining:

@@ -26,11 +26,20 @@ HTTP/1.1 request head with the same method, target and host.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+
+from hpack import Decoder
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
+from hpack.table import HeaderTable
 
 from edge.http.h1 import FORWARDING, HOP_BY_HOP, RequestHead, ResponseHead, has_dot_segment
 
 __all__ = [
     "H2RequestError",
+    "MemoDecoder",
+    "ResponseEncoder",
     "header_pairs",
     "local_response",
     "request_head",
@@ -261,3 +270,146 @@ def local_response(
         *extra,
     ]
     return headers, body
+
+
+# -- header blocks -------------------------------------------------------------------------------
+# HPACK (RFC 7541) in pure Python costs about as much per request as all the rest of the h2
+# library together; both directions are made cheap for the common case here.
+
+# fields whose encoding is kept; values above this length (cookies, long URLs) are encoded each time
+_CACHED_VALUE = 128
+# bound on distinct fields kept (the Date header alone adds one a second): then start over
+_CACHE_FIELDS = 4096
+_STATIC_FIELD = {field: index for index, field in enumerate(HeaderTable.STATIC_TABLE, 1)}
+_STATIC_NAME: dict[bytes, int] = {}
+for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, 1):
+    _STATIC_NAME.setdefault(_name, _index)
+_huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode
+_encoded_fields: dict[tuple[bytes, bytes], bytes] = {}
+
+
+def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
+    """RFC 7541 5.1: ``value`` with an N-bit prefix, ``flags`` in the bits above it."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((flags | value,))
+    out = bytearray((flags | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(value: bytes) -> bytes:
+    """RFC 7541 5.2: Huffman-coded when that is shorter."""
+    coded = _huffman(value)
+    if len(coded) < len(value):
+        return _integer(len(coded), 7, 0x80) + coded
+    return _integer(len(value), 7, 0) + value
+
+
+def encode_field(name: bytes, value: bytes, never_indexed: bool = False) -> bytes:
+    """One field without touching any dynamic table: static index, else a literal not indexed."""
+    if not never_indexed:
+        index = _STATIC_FIELD.get((name, value))
+        if index is not None:
+            return bytes((0x80 | index,))  # 6.1 indexed (the static table has 61 entries)
+    flags = 0x10 if never_indexed else 0x00  # 6.2.3 never indexed, 6.2.2 without indexing
+    index = _STATIC_NAME.get(name)
+    if index is not None:
+        return _integer(index, 4, flags) + _string(value)
+    return bytes((flags,)) + _string(name) + _string(value)
+
+
+class ResponseEncoder:
+    """A stateless HPACK encoder for our responses, in place of ``hpack.Encoder`` on h2's state machine.
+
+    It never inserts into the dynamic table (nginx's HTTP/2 encoder does the same): every field
+    is a static-table index or a literal "without indexing", so a field always encodes to the
+    same bytes and those are kept per process (``_encoded_fields``) instead of being worked out
+    per response (hpack's encoder: table search, integer and Huffman coding for every field).
+    The price is size: a repeated response head is about 100 bytes longer than with the
+    dynamic table (the values travel in every response). The first block, and the first after
+    the client changed SETTINGS_HEADER_TABLE_SIZE, starts with a table size update to 0 (6.3),
+    which every decoder limit allows.
+
+    h2 uses ``encode`` and sets ``header_table_size``; nothing else.
+    """
+
+    __slots__ = ("_resize",)
+
+    def __init__(self) -> None:
+        self._resize = True
+
+    @property
+    def header_table_size(self) -> int:
+        return 0
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._resize = True  # 4.2: say again that our table is empty, in the next block
+
+    def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
+        cache = _encoded_fields
+        parts = []
+        if self._resize:
+            self._resize = False
+            parts.append(b"\x20")
+        for field in headers:
+            piece = cache.get(field) if field.__class__ is tuple else None
+            if piece is None:
+                name, value = field
+                piece = encode_field(name, value, field.__class__ is NeverIndexedHeaderTuple)
+                if field.__class__ is tuple and len(value) <= _CACHED_VALUE:
+                    if len(cache) >= _CACHE_FIELDS:
+                        cache.clear()
+                    cache[field] = piece
+            parts.append(piece)
+        return b"".join(parts)
+
+
+# distinct request header blocks remembered per connection
+_MEMO_BLOCKS = 64
+_MEMO_BLOCK_SIZE = 2048
+
+
+class MemoDecoder(Decoder):
+    """``hpack.Decoder`` that remembers blocks which left its dynamic table as it found them.
+
+    A client repeating a request (h2load; an API polled; the same asset on every page) sends
+    the same bytes, all fields indexed once its table holds them: decoding those again in the
+    same table state gives the same list, so it is looked up, not decoded (a ~7-field block:
+    about 40 µs of pure Python). The state a block was decoded in is the identity of the
+    newest table entry (entries are only ever added at the front, as new tuples, and we keep
+    a reference, so an object id cannot come back), the number of entries and every limit
+    the decoder checks; a block that inserts, evicts or resizes changes that state and is
+    never remembered. Everything else (errors included) is hpack's own decode.
+    """
+
+    def __init__(self, max_header_list_size: int) -> None:
+        super().__init__(max_header_list_size)
+        self._memo: dict[bytes, tuple[object, tuple[int, ...], list[HeaderTuple]]] = {}
+
+    def _limits(self) -> tuple[int, ...]:
+        table = self.header_table
+        return len(table.dynamic_entries), table.maxsize, self.max_allowed_table_size, self.max_header_list_size
+
+    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:  # type: ignore[override]
+        if not raw or len(data) > _MEMO_BLOCK_SIZE:
+            return super().decode(data, raw)  # type: ignore[return-value]
+        entries = self.header_table.dynamic_entries
+        newest = entries[0] if entries else None
+        limits = self._limits()
+        memo = self._memo
+        hit = memo.get(data)
+        if hit is not None and hit[0] is newest and hit[1] == limits:
+            return list(hit[2])
+        headers: list[HeaderTuple] = super().decode(data, raw)  # type: ignore[assignment]
+        entries = self.header_table.dynamic_entries
+        if (entries[0] if entries else None) is newest and self._limits() == limits:
+            if len(memo) >= _MEMO_BLOCKS:
+                memo.clear()
+            memo[data] = (newest, limits, list(headers))
+        return headers
