@@ -23,7 +23,7 @@ from h2.events import RequestReceived
 
 from edge.http.h1 import ResponseReader
 from edge.serve.h2conn import state_machine
-from edge.serve.h2head import request_head, response_headers
+from edge.serve.h2head import checked_request_head, response_headers
 
 BATCHES = 100
 STREAMS = 10  # h2load -m10
@@ -92,7 +92,7 @@ def one_connection(preface: bytes, batches: list[bytes], rh) -> int:
         for event in h2c.receive_data(batch):
             if event.__class__ is RequestReceived:
                 sid = event.stream_id
-                request_head(event.headers, True, 8192)
+                checked_request_head(event.headers, True, 8192)
                 h2c.send_headers(sid, response_headers(rh, False, []))
                 h2c.send_data(sid, BODY, end_stream=True)
         written += len(h2c.data_to_send())

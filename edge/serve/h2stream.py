@@ -37,9 +37,9 @@ from edge.http.h1 import RequestHead, ResponseHead
 from edge.route import normalize_host
 from edge.serve.h2head import (
     H2RequestError,
+    checked_request_head,
     header_pairs,
     local_response,
-    request_head,
     response_headers,
     upstream_request,
 )
@@ -205,7 +205,7 @@ class H2Stream:
         self.req_done = end_stream
         self.t0 = _clock()
         try:
-            head = request_head(headers, end_stream, rt.limits.max_header_size)
+            head = checked_request_head(headers, end_stream, rt.limits.max_header_size)
         except H2RequestError as exc:
             server.metrics.bad_requests += 1
             if exc.reset:

@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.http.h1 import ProtocolError, RequestHead, RequestReader, ResponseHead
-from edge.serve.h2head import H2RequestError, header_pairs, request_head, response_headers, upstream_request
+from edge.serve.h2head import (
+    H2RequestError,
+    checked_request_head,
+    header_pairs,
+    request_head,
+    response_headers,
+    upstream_request,
+)
 
 LIMIT = 32 * 1024
 
@@ -208,3 +215,44 @@ def test_either_refused_or_one_unambiguous_http11_request(extra, method, path, a
     assert again.chunked == head.chunked
     assert again.content_length == head.content_length or (head.content_length is None and again.content_length == 0)
     assert again.names == head.names
+
+
+def _fields(head: RequestHead) -> dict:
+    return {name: getattr(head, name) for name in RequestHead.__slots__}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(_names, _bytes), max_size=6),
+    st.sampled_from([b"GET", b"POST", b"G T"]),
+    st.sampled_from([b"/", b"/a?b", b"/x\n"]),
+    st.booleans(),
+)
+def test_a_remembered_head_is_the_checked_head(extra, method, path, end) -> None:
+    """checked_request_head: same answer or same refusal as request_head, first time and again."""
+    headers = [(b":method", method), (b":scheme", b"https"), (b":authority", b"h.test"), (b":path", path), *extra]
+    try:
+        want = request_head(headers, end, LIMIT)
+    except H2RequestError as exc:
+        for _ in range(2):
+            with pytest.raises(H2RequestError) as again:
+                checked_request_head(headers, end, LIMIT)
+            assert (again.value.status, again.value.reset) == (exc.status, exc.reset)
+        return
+    for _ in range(2):
+        assert _fields(checked_request_head(headers, end, LIMIT)) == _fields(want)
+
+
+def test_remembered_heads_are_not_shared() -> None:
+    headers = [*base(), (b"accept", b"*/*")]
+    first = checked_request_head(headers, True, LIMIT)
+    first.lines.append(b"x-tier: gold\r\n")  # what a feature does to its request's head
+    first.names.append(b"x-tier")
+    first.host = b"other.test"
+    second = checked_request_head(headers, True, LIMIT)
+    assert second.lines == [b"accept: */*\r\n"] and second.names == [b"accept"]
+    assert second.host == b"example.com"
+    # a different limit is a different check
+    with pytest.raises(H2RequestError) as exc:
+        checked_request_head(headers, True, 10)
+    assert exc.value.status == 431
