@@ -95,6 +95,8 @@ class ClientHints:
         the shared ``NO_HINTS`` without allocating.
         """
         names = head.names
+        if _HINT_NAMES.isdisjoint(names):  # the usual request: one C-level pass
+            return NO_HINTS
         found: dict[bytes, str] | None = None
         for index, name in enumerate(names):
             if name in _HINT_NAMES:
@@ -179,13 +181,16 @@ _SWEEP_PER_INSERT = 4
 class Measurement:
     """One client's averages; ``None`` until measured. ``fresh_until`` bounds its use."""
 
-    __slots__ = ("fresh_until", "rtt", "stamp", "throughput")
+    __slots__ = ("fresh_until", "memo", "rtt", "stamp", "throughput")
 
     def __init__(self, stamp: float, fresh_until: float) -> None:
         self.throughput: float | None = None  # bytes per second
         self.rtt: float | None = None  # seconds
         self.stamp = stamp
         self.fresh_until = fresh_until
+        # (TierChooser, Tier) last chosen from these averages for a request without hints;
+        # cleared whenever a sample changes them.
+        self.memo: tuple | None = None
 
     def __repr__(self) -> str:
         return f"<Measurement throughput={self.throughput} rtt={self.rtt}>"
@@ -252,6 +257,7 @@ class ClientMeasurements:
         entry = self._touch(ip, now)
         old = entry.throughput
         entry.throughput = rate if old is None else old + THROUGHPUT_WEIGHT * (rate - old)
+        entry.memo = None
         return True
 
     def observe_rtt(self, ip: str, rtt: float, now: float) -> bool:
@@ -261,6 +267,7 @@ class ClientMeasurements:
         entry = self._touch(ip, now)
         old = entry.rtt
         entry.rtt = rtt if old is None else old + RTT_WEIGHT * (rtt - old)
+        entry.memo = None
         return True
 
     def _sweep(self, now: float, budget: int) -> int:
@@ -329,7 +336,8 @@ class _Condition:
 class TierChooser:
     """A profile compiled once per policy load; ``choose`` is the per-request call."""
 
-    __slots__ = ("_conditions", "default", "header_lines", "header_name", "lheader", "profile", "tiers", "vary")
+    __slots__ = ("_conditions", "_unsignalled", "default", "header_lines", "header_name", "lheader", "profile", "tiers",
+                 "vary", "vary_line")
 
     def __init__(self, profile: QualityProfile) -> None:
         self.profile = profile
@@ -344,10 +352,26 @@ class TierChooser:
             t.name: f"{profile.upstream_header}: {t.name}\r\n".encode("latin-1") for t in profile.tiers
         }
         self.vary = vary_tokens(profile)
+        # ``Vary`` for a response that has none of its own: the common case, made once.
+        self.vary_line = ("Vary: " + ", ".join(self.vary) + "\r\n").encode("latin-1") if self.vary else b""
+        # The tier of a client with neither hints nor a fresh measurement (most requests).
+        self._unsignalled = self._choose(NO_HINTS, None, 0.0)
 
     def choose(self, hints: ClientHints, measured: Measurement | None, now: float) -> Tier:
         if measured is not None and measured.fresh_until <= now:
             measured = None
+        if hints is NO_HINTS:  # most requests: the answer depends on the measurement alone
+            if measured is None:
+                return self._unsignalled
+            memo = measured.memo
+            if memo is not None and memo[0] is self:
+                return memo[1]
+            tier = self._choose(hints, measured, now)
+            measured.memo = (self, tier)
+            return tier
+        return self._choose(hints, measured, now)
+
+    def _choose(self, hints: ClientHints, measured: Measurement | None, now: float) -> Tier:
         # The lower downlink and the higher rtt of hint and measurement (either may be None).
         downlink = hints.downlink
         rtt = hints.rtt

@@ -76,32 +76,30 @@ def unacked_bytes(transport, fd: int | None = None) -> int:
         return 0
 
 
-_VARY_LINES: dict[tuple[str, ...], bytes] = {}
 
 
 class Features:
-    """One request's tier and cache state."""
+    """One request's tier and cache state.
 
-    __slots__ = (
-        "cache_status", "chooser", "entry", "gzip", "ims", "inm", "key", "pacer", "plan", "revalidating", "sent_at",
-        "tier", "ttl", "writer",
-    )
+    No ``__slots__`` and no ``__init__``: the defaults are class attributes, so a request
+    that only gets a tier pays for an empty object and the two attributes it sets (this
+    object is made per request on every quality or cache route).
+    """
 
-    def __init__(self) -> None:
-        self.chooser: TierChooser | None = None
-        self.tier: Tier | None = None
-        self.plan = None
-        self.key: bytes | None = None
-        self.entry: Entry | None = None
-        self.revalidating = False
-        self.writer: EntryWriter | None = None
-        self.gzip: GzipStream | None = None
-        self.pacer: Pacer | None = None
-        self.ttl = 0.0
-        self.sent_at = 0.0
-        self.cache_status: str | None = None
-        self.inm: str | None = None  # the client's own If-None-Match / If-Modified-Since, kept
-        self.ims: str | None = None  # before a revalidation replaces them in the upstream request
+    chooser: TierChooser | None = None
+    tier: Tier | None = None
+    plan = None
+    key: bytes | None = None
+    entry: Entry | None = None
+    revalidating = False
+    writer: EntryWriter | None = None
+    gzip: GzipStream | None = None
+    pacer: Pacer | None = None
+    ttl = 0.0
+    sent_at = 0.0
+    cache_status: str | None = None
+    inm: str | None = None  # the client's own If-None-Match / If-Modified-Since, kept
+    ims: str | None = None  # before a revalidation replaces them in the upstream request
 
     # -- request side ---------------------------------------------------------------------
     def choose_tier(self, chooser: TierChooser, head: RequestHead, clients: ClientMeasurements, client: str,
@@ -208,19 +206,17 @@ class Features:
                 rh.content_length = None
                 rh.chunked = True
                 self.gzip = GzipStream(compression_level(tier))
-            content_type = _value(lines, names, b"content-type")
-            if is_html(content_type):
-                lines.append(ACCEPT_CH_LINE)
-                names.append(b"accept-ch")
+            if b"content-type" in names:
+                index = names.index(b"content-type")
+                if b"html" in lines[index].lower() and is_html(_value(lines, names, b"content-type")):
+                    lines.append(ACCEPT_CH_LINE)
+                    names.append(b"accept-ch")
         lines.append(chooser.header_lines[tier.name])
         names.append(chooser.lheader)
         if b"vary" in names:
             merge_vary(lines, names, chooser.vary)
         elif chooser.vary:  # the common case: no Vary from the upstream, so one line made once
-            line = _VARY_LINES.get(chooser.vary)
-            if line is None:
-                line = _VARY_LINES[chooser.vary] = ("Vary: " + ", ".join(chooser.vary) + "\r\n").encode("latin-1")
-            lines.append(line)
+            lines.append(chooser.vary_line)
             names.append(b"vary")
         rh.lines, rh.names = lines, names
         if tier.max_rate:

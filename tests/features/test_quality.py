@@ -213,6 +213,20 @@ def test_boundaries_are_strict() -> None:
     assert names(ClientHints(downlink=5 * MBPS, rtt=0.150)) == "high"  # not *above* 150ms
 
 
+def test_a_remembered_choice_follows_new_samples() -> None:
+    clients = ClientMeasurements(min_seconds=0.0)
+    chooser, other = TierChooser(ADAPTIVE), TierChooser(ADAPTIVE)
+    clients.observe_throughput("10.0.0.1", 10_000_000, 1.0, 0.0)  # 10 MB/s: fast
+    assert chooser.choose(NO_HINTS, clients.get("10.0.0.1", 0.0), 0.0).name == "high"
+    assert chooser.choose(NO_HINTS, clients.get("10.0.0.1", 0.0), 0.0).name == "high"  # remembered
+    for _ in range(10):
+        clients.observe_throughput("10.0.0.1", 100_000, 1.0, 0.0)  # the link got slow
+    assert chooser.choose(NO_HINTS, clients.get("10.0.0.1", 0.0), 0.0).name == "low"
+    slow = ADAPTIVE.__class__(tiers=(Tier("only"),))
+    assert TierChooser(slow).choose(NO_HINTS, clients.get("10.0.0.1", 0.0), 0.0).name == "only"  # per chooser
+    assert other.choose(NO_HINTS, clients.get("10.0.0.1", 0.0), 0.0).name == "low"
+
+
 def test_expired_measurements_are_ignored() -> None:
     chooser = TierChooser(ADAPTIVE)
     m = measured(throughput=MBPS, fresh_until=10.0)
