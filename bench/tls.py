@@ -116,7 +116,9 @@ def negotiated(host: str, port: int, files: TlsFiles, conf: Path) -> dict[str, s
         str(files.root),
     ]
     try:
-        done = subprocess.run(argv, input="", capture_output=True, text=True, timeout=10, env=_env(conf), check=False)
+        # errors="replace": s_client echoes the peer's raw bytes (Caddy's HTTP/2 preface)
+        done = subprocess.run(argv, input="", capture_output=True, text=True, errors="replace", timeout=10,
+                              env=_env(conf), check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"error": f"openssl s_client: {exc}"}
     return parse_s_client(done.stdout + done.stderr)
@@ -127,7 +129,8 @@ def h2_check(host: str, port: int, files: TlsFiles, conf: Path) -> str | None:
     url = f"https://{host}:{port}/small"
     argv = ["curl", "--http2", "-sv", "--max-time", "5", "--cacert", str(files.root), "-o", "/dev/null", url]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=15, env=_env(conf), check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=15, env=_env(conf),
+                              check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"curl --http2: {exc}"
     log = done.stderr
