@@ -1,7 +1,8 @@
 """Quality tiers and the response cache on the data path: the per-request glue.
 
 Only routes with ``quality:`` or ``cache:`` pay for any of this: the client connection
-creates one ``Features`` object for such a request and calls in at fixed points
+(HTTP/1.1, ``proxy.py``) or stream (HTTP/2, ``h2stream.py``) creates one ``Features``
+object for such a request and calls in at fixed points
 (request head, response head, body, end). Everything that decides lives in the pure
 modules ``edge.quality`` and ``edge.cache``; this module turns their answers into
 header lines and response bytes and never touches a transport.
@@ -163,14 +164,31 @@ class Features:
         chunks = [] if head.method == b"HEAD" else entry.chunks
         return entry.status, data, chunks, entry.body_size
 
+    def entry_headers(self, entry: Entry, head: RequestHead, now: float, stale: bool,
+                      extra: list[tuple[bytes, bytes]]) -> tuple[int, list[tuple[bytes, bytes]], list[bytes], int]:
+        """``entry_response`` for HTTP/2: (status, header list from ``:status`` on, body chunks,
+        body size). The same decisions (304 to the client's own conditional, ``age``, the stale
+        ``warning``, the tier's lines); ``extra`` are the route's add_response pairs."""
+        if not stale and not_modified(entry.etag, entry.last_modified, self.inm, self.ims):
+            headers = [(b":status", b"304"), *_pairs(entry.not_modified_lines(now)), *_pairs(self._tier_list()),
+                       *extra]
+            return 304, headers, [], 0
+        headers = [(b":status", b"%d" % entry.status), *_pairs(entry.head_lines(now, stale=stale)),
+                   *_pairs(self._tier_list()), (b"content-length", b"%d" % entry.body_size), *extra]
+        chunks = [] if head.method == b"HEAD" else entry.chunks
+        return entry.status, headers, chunks, entry.body_size
+
     def _tier_lines(self) -> bytes:
+        return b"".join(self._tier_list())
+
+    def _tier_list(self) -> list[bytes]:
         chooser = self.chooser
         if chooser is None or self.tier is None:
-            return b""
+            return []
         lines = [chooser.header_lines[self.tier.name]]
         names = [chooser.lheader]
         merge_vary(lines, names, chooser.vary)
-        return b"".join(lines)
+        return lines
 
     # -- response side ------------------------------------------------------------------------
     def revalidated(self, rh: ResponseHead, store: CacheStore, now: float, wall: float) -> Entry | None:
@@ -251,3 +269,12 @@ def _value(lines: list[bytes], names: list[bytes], lname: bytes) -> str | None:
         if name == lname:
             return lines[index][len(name) + 1 : -2].strip().decode("latin-1")
     return None
+
+
+def _pairs(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """``b"Name: value\\r\\n"`` lines as HTTP/2 pairs (lower-case names): answers from the cache."""
+    out = []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        out.append((name.strip().lower(), value.strip()))
+    return out

@@ -23,6 +23,8 @@ A stream ends when its END_STREAM (or RST_STREAM) was sent, or the client reset 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import struct
 import time
@@ -32,9 +34,12 @@ from typing import TYPE_CHECKING
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
+from edge.cache.fallback import SERVE_STALE, USE_SERVICE, fallback_for
 from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import RequestHead, ResponseHead
+from edge.ratelimit import ALLOWED
 from edge.route import normalize_host
+from edge.serve.features import Features
 from edge.serve.h2head import (
     H2RequestError,
     checked_request_head,
@@ -46,12 +51,16 @@ from edge.serve.h2head import (
 
 if TYPE_CHECKING:
     from edge.balance import UpstreamState
+    from edge.cache.store import Entry
+    from edge.quality import Pacer
     from edge.serve.h2conn import H2Connection
     from edge.serve.pool import UpstreamPool
     from edge.serve.proxy import UpstreamConnection
-    from edge.serve.runtime import RouteRuntime, Runtime
+    from edge.serve.runtime import RouteRuntime, Runtime, ServiceRuntime
 
 __all__ = ["OUT_HIGH", "H2Stream"]
+
+log = logging.getLogger("edge.serve.h2")
 
 OUT_HIGH = 64 * 1024  # response bytes buffered per stream (client window full) before the upstream is paused
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -64,6 +73,7 @@ _REASONS = {
     417: "Expectation Failed",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
@@ -133,12 +143,14 @@ class H2Stream:
         "done",
         "ended",
         "ending",
+        "fx",
         "gen",
         "head",
         "kind",
         "no_body",
         "out",
         "out_size",
+        "paced",
         "pool",
         "pre",
         "reading_paused",
@@ -147,6 +159,7 @@ class H2Stream:
         "resp_started",
         "route",
         "rt",
+        "service",
         "sid",
         "status",
         "t0",
@@ -165,6 +178,8 @@ class H2Stream:
         self.head: RequestHead | None = None
         self.rt: Runtime | None = None
         self.route: RouteRuntime | None = None
+        self.service: ServiceRuntime = None  # type: ignore[assignment]  # the route's, or its fallback service
+        self.fx: Features | None = None  # tier and cache state: routes with quality: or cache: only
         self.ustate: UpstreamState | None = None
         self.pool: UpstreamPool | None = None
         self.up: UpstreamConnection | None = None
@@ -191,6 +206,7 @@ class H2Stream:
         self.ended = False  # END_STREAM was sent
         self.done = False  # nothing more to send or receive for this stream
         self.reading_paused = False  # we paused reading this stream's upstream connection
+        self.paced = False  # max_rate: the upstream waits for the pacer's tokens
         self.remaining = -1  # response body bytes still expected (content-length), -1 unknown
         self.deadline = _INF
         self.kind = _NONE
@@ -220,44 +236,21 @@ class H2Stream:
             self._local(404, "no route for this host and path")
             return
         self.route = route
+        self.service = route.service
         limit = rt.limits.max_body_size
         if limit is not None and head.content_length and head.content_length > limit:
             self._local(413, "request body too large")
             return
-        service = route.service
-        if (
-            route.guarded
-            or service.breaker is not None
-            or service.hash_key is not None
-        ) and not self._admit(head, rt, route):
+        if route.guarded and not self._admit(head, rt, route):
             return
-        ustate = service.balancer.pick(self.balance_key)
-        if ustate is None:
-            retry = service.health.retry_after(server.loop.time())
-            self._local(503, "no healthy upstream", [(b"retry-after", b"%d" % retry)])
-            return
-        if head.expect_continue and not end_stream:
-            try:
-                conn.h2.send_headers(self.sid, _CONTINUE)
-            except H2Error:
-                pass
-        self.attempts = 1
-        if end_stream:
-            self._wait_upstream()
-        else:
-            self._body_deadline()
-        self._lease(ustate)
+        self._dispatch(head)
 
     def _admit(self, head: RequestHead, rt: Runtime, route: RouteRuntime) -> bool:
-        """Zones, GeoIP, tier, rate limit and breaker, as the HTTP/1.1 side does; False when answered."""
-        from edge.ratelimit import ALLOWED
-        from edge.serve.features import Features
-
+        """Zones, GeoIP, rate limit, tier and cache, as the HTTP/1.1 side does; False when answered."""
         conn = self.conn
         server = conn.server
         now = server.loop.time()
         client = real_client_ip(head, conn.peer, rt.trusted)
-        getter = _header_getter(head)
         # access rules first, exactly as on HTTP/1.1: a zone or country rule is never bypassed
         if route.zones is not None and not (rt.zone_matcher and rt.zone_matcher.allowed(route.zones, client)):
             self._local(403, "this route is not open to your network zone")
@@ -267,12 +260,9 @@ class H2Stream:
             if not route.geo.allowed(database.country(client) if database is not None else None):
                 self._local(403, "this route is not open to your country")
                 return False
-        chooser = route.chooser
-        if chooser is not None:  # the tier goes upstream (a client-sent value is replaced); no pacing on h2 yet
-            Features().choose_tier(chooser, head, server.clients, client, now)
         limiter = route.limiter
         if limiter is not None:
-            decision = limiter.take(limiter.key_spec.key(client, getter, route.label), now)
+            decision = limiter.take(limiter.key_spec.key(client, _header_getter(head), route.label), now)
             if decision is not ALLOWED:
                 route.metrics.ratelimited += 1
                 if decision.ban_for > 0:
@@ -280,17 +270,152 @@ class H2Stream:
                 extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in limiter.headers(decision)]
                 self._local(429, "rate limited", extra)
                 return False
-        service = route.service
+        if route.chooser is None and route.cache_ttl is None:
+            return True
+        fx = self.fx = Features()
+        if route.chooser is not None:  # the tier goes upstream (a client-sent value is replaced)
+            fx.choose_tier(route.chooser, head, server.clients, client, now)
+        if route.cache_ttl is None:
+            return True
+        store = server.cache_store
+        found = fx.lookup(store, head, conn.proto, route.cache_ttl, now)
+        if found == "fetch":
+            if not head.has_body():
+                self._fetch(store, fx, head)
+                return False
+            found = fx.settle(None, head, now)  # a GET with a body: not worth a round trip
+        if found == "hit":
+            self._serve_entry(fx.entry, stale=False)
+            return False
+        if found == "only-if-cached":
+            self._local(504, "not in the cache (only-if-cached)")
+            return False
+        return True
+
+    def _fetch(self, store, fx: Features, head: RequestHead) -> None:
+        """Ask a remote cache (Redis) for this request; ``_fetched`` goes on from there.
+        The upstream's response timeout bounds the wait (then 504)."""
+        plan = fx.plan
+        assert plan is not None and fx.key is not None
+        loop = self.conn.server.loop
+        self._wait_upstream()
+        task = loop.create_task(store.fetch(fx.key, head.header, loop.time(), plan.explicit_only))
+        task.add_done_callback(self._fetched)
+
+    def _fetched(self, task: asyncio.Task) -> None:
+        if task.cancelled() or self.done or self.resp_started:
+            return
+        fx = self.fx
+        head = self.head
+        assert fx is not None and head is not None
+        self.deadline = _INF
+        self.kind = _NONE
+        try:
+            found = fx.settle(task.result(), head, self.conn.server.loop.time())
+            if found == "hit":
+                self._serve_entry(fx.entry, stale=False)
+            elif found == "only-if-cached":
+                self._local(504, "not in the cache (only-if-cached)")
+            else:
+                self._dispatch(head)
+        except Exception:  # as in the connection's event loop: a bug costs this stream, with an answer
+            log.exception("h2 request handling failed")
+            self._fail(500, "internal error")
+        self.conn.flush()
+
+    def _dispatch(self, head: RequestHead) -> None:
+        """Breaker, balancer, lease: send the request to an upstream of ``self.service``."""
+        service = self.service
+        conn = self.conn
         breaker = service.breaker
         if breaker is not None:
+            now = conn.server.loop.time()
             if not breaker.allow(now):
-                self._local(503, "circuit open", [(b"retry-after", b"%d" % breaker.retry_after(now))])
-                return False
+                self._unavailable("circuit open", breaker.retry_after(now))
+                return
             self.gen = breaker.generation
         hash_key = service.hash_key
         if hash_key is not None:
-            self.balance_key = hash_key.key(client, getter, route.label)
-        return True
+            route = self.route
+            rt = self.rt
+            assert route is not None and rt is not None
+            client = real_client_ip(head, conn.peer, rt.trusted)
+            self.balance_key = hash_key.key(client, _header_getter(head), route.label)
+        ustate = service.balancer.pick(self.balance_key)
+        if ustate is None:
+            self._unavailable("no healthy upstream", service.health.retry_after(conn.server.loop.time()))
+            return
+        fx = self.fx
+        if fx is not None:
+            fx.sent_at = conn.server.loop.time()
+        req_done = self.req_done
+        if head.expect_continue and not req_done:
+            try:
+                conn.h2.send_headers(self.sid, _CONTINUE)
+            except H2Error:
+                pass
+        self.attempts = 1
+        if req_done:
+            self._wait_upstream()
+        else:
+            self._body_deadline()
+        self._lease(ustate)
+
+    def _unavailable(self, reason: str, retry_after: int) -> None:
+        """The service cannot take the request: its ``fallback`` (a stale copy, another
+        service), else 503 with Retry-After; as on HTTP/1.1."""
+        service = self.service
+        head = self.head
+        route = self.route
+        assert head is not None and route is not None
+        fallback = service.policy.fallback
+        if fallback != "none":
+            fx = self.fx
+            verdict = fallback_for(fallback, fx.entry if fx is not None else None, self.conn.server.loop.time(),
+                                   head.method)
+            if verdict.kind == SERVE_STALE and verdict.entry is not None:
+                assert fx is not None
+                fx.cache_status = "stale"
+                self._serve_entry(verdict.entry, stale=True)
+                return
+            if verdict.kind == USE_SERVICE and service is route.service and self.rt is not None:
+                degraded = self.rt.services.get(verdict.service or "")
+                if degraded is not None:
+                    self.service = degraded  # once: the degraded service's own fallback is not followed
+                    self._dispatch(head)
+                    return
+        self._local(503, reason, [(b"retry-after", b"%d" % retry_after)])
+
+    def _serve_entry(self, entry: Entry, stale: bool) -> None:
+        """Answer from a cached copy (a hit, or stale for ``fallback``): no upstream involved."""
+        fx = self.fx
+        head = self.head
+        route = self.route
+        assert fx is not None and head is not None and route is not None
+        status, headers, chunks, size = fx.entry_headers(entry, head, self.conn.server.loop.time(), stale,
+                                                         _extra_pairs(route.add_response))
+        self._answer(status, headers, chunks, size)
+
+    def _answer(self, status: int, headers: list[tuple[bytes, bytes]], chunks: list[bytes], size: int) -> None:
+        """Send a whole response we have in hand (from the cache) as HEADERS and DATA."""
+        self.status = status
+        self.resp_started = True
+        now = self.conn.server.loop.time()
+        self.active = now
+        self._set_deadline(now + self.service.policy.timeouts.idle, _STREAM)
+        try:
+            self.conn.h2.send_headers(self.sid, headers, end_stream=not chunks)
+        except H2Error:
+            self._abort(ErrorCodes.INTERNAL_ERROR)
+            return
+        if not chunks:
+            self.ending = self.ended = True
+            self._complete()
+            return
+        self.bytes = size
+        self.out.extend(chunks)
+        self.out_size += size
+        self._send(b"", True)
 
     def _record(self, status: int) -> None:
         """Tell health and breaker how the upstream did (status 0: no response at all)."""
@@ -299,8 +424,7 @@ class H2Stream:
         if index < 0 or route is None:
             return
         self.uindex = -1
-        service = route.service
-        service.record_outcome(index, status, self.conn.server.loop.time(), self.gen)
+        self.service.record_outcome(index, status, self.conn.server.loop.time(), self.gen)
 
     def _lease(self, ustate: UpstreamState) -> None:
         route = self.route
@@ -309,7 +433,7 @@ class H2Stream:
         self.ustate = ustate
         self.uindex = ustate.index
         self.upstream_label = ustate.label
-        pool = route.service.pools[ustate.index]
+        pool = self.service.pools[ustate.index]
         self.pool = pool
         pool.acquire(self)  # type: ignore[arg-type]
 
@@ -323,9 +447,7 @@ class H2Stream:
 
     def _wait_upstream(self) -> None:
         if not self.resp_started:
-            route = self.route
-            assert route is not None
-            self._set_deadline(self.conn.server.loop.time() + route.service.response_timeout, _UPSTREAM)
+            self._set_deadline(self.conn.server.loop.time() + self.service.response_timeout, _UPSTREAM)
 
     def _body_deadline(self) -> None:
         now = self.conn.server.loop.time()
@@ -348,8 +470,8 @@ class H2Stream:
             else:
                 self._fail(408, "request body stalled")
         elif kind == _STREAM:
-            route = self.route
-            idle = route.service.policy.timeouts.idle if route is not None else 60.0
+            service = self.service
+            idle = service.policy.timeouts.idle if service is not None else 60.0
             if now - self.active < idle:
                 self._set_deadline(self.active + idle, _STREAM)
             else:
@@ -458,7 +580,7 @@ class H2Stream:
         route = self.route
         if head is None or route is None or self.resp_started or self.done:
             return False
-        if head.method not in _IDEMPOTENT or self.attempts > route.service.retries or head.has_body():
+        if head.method not in _IDEMPOTENT or self.attempts > self.service.retries or head.has_body():
             return False
         failed = self.ustate
         tried = self.tried or []
@@ -467,7 +589,7 @@ class H2Stream:
             failed.inflight -= 1
             self.ustate = None
         self.tried = tried
-        nxt = next((u for u in route.service.balancer.candidates(None) if u not in tried), None)
+        nxt = next((u for u in self.service.balancer.candidates(None) if u not in tried), None)
         if nxt is None:
             return False
         self.attempts += 1
@@ -483,7 +605,8 @@ class H2Stream:
         self.up = None
         if self.resp_started:
             if self.delimited:
-                self._send(b"", True)  # a close-delimited body ends with the connection
+                if not self.done:
+                    self._end_body()  # a close-delimited body ends with the connection
             else:
                 self._abort(ErrorCodes.INTERNAL_ERROR)  # truncated: the client must not take it as whole
             return
@@ -535,6 +658,9 @@ class H2Stream:
         no_body = head.method == b"HEAD" or status == 204 or status == 304
         self.no_body = no_body
         self.delimited = not no_body and rh.content_length is None and not rh.chunked
+        fx = self.fx
+        if fx is not None and self._features_head(fx, rh, head, route):
+            return
         self.remaining = -1 if no_body or rh.content_length is None else rh.content_length
         headers = response_headers(rh, no_body, _extra_pairs(route.add_response))
         try:
@@ -544,23 +670,47 @@ class H2Stream:
             return
         now = self.conn.server.loop.time()
         self.active = now
-        self._set_deadline(now + route.service.policy.timeouts.idle, _STREAM)
+        self._set_deadline(now + self.service.policy.timeouts.idle, _STREAM)
         if no_body:
             self.ending = True
             self.ended = True
             self._complete()
 
+    def _features_head(self, fx: Features, rh: ResponseHead, head: RequestHead, route: RouteRuntime) -> bool:
+        """Cache and tier on the response head: True when the stream was answered from the
+        cache (the upstream's 304 to our revalidation), else ``rh`` was edited in place
+        (tier lines, gzip: no content-length then; storing started)."""
+        server = self.conn.server
+        now = server.loop.time()
+        cached = route.cache_ttl is not None
+        wall = server.wall_offset + _clock() if cached else 0.0
+        entry = fx.revalidated(rh, server.cache_store, now, wall) if fx.revalidating else None
+        if entry is not None:
+            self.no_body = True  # the upstream's 304 has none; the copy's body goes instead
+            status, headers, chunks, size = fx.entry_headers(entry, head, now, False,
+                                                             _extra_pairs(route.add_response))
+            self._answer(status, headers, chunks, size)
+            return True
+        fx.response_head(rh, head, server.cache_store if cached else None, now, wall)
+        return False
+
     def response_body(self, data: bytes) -> None:
         if self.no_body or self.done:
             return
-        size = len(data)
-        self.bytes += size
-        if self.kind == _STREAM:
-            self.active = self.conn.server.loop.time()
         remaining = self.remaining
         if remaining > 0:
             # the last bytes of a known length: END_STREAM rides on the last DATA frame
-            self.remaining = remaining = remaining - size
+            self.remaining = remaining = remaining - len(data)
+        fx = self.fx
+        if fx is not None:
+            data = fx.body(data)  # stored as it came, maybe compressed for the client
+            if remaining == 0:
+                data += fx.end()  # the whole body arrived: commit the copy (no gzip with a known length)
+            if fx.pacer is not None and data:
+                self._pace(fx.pacer, len(data))
+        self.bytes += len(data)
+        if self.kind == _STREAM:
+            self.active = self.conn.server.loop.time()
         self._send(data, remaining == 0)
 
     def response_end(self) -> None:
@@ -579,7 +729,34 @@ class H2Stream:
             else:
                 up.close()
         if not self.done:
-            self._send(b"", True)
+            self._end_body()
+
+    def _end_body(self) -> None:
+        """The upstream's body is complete: END_STREAM after what is queued (and the gzip trailer)."""
+        fx = self.fx
+        if fx is not None and not self.ending and not self.no_body:
+            tail = fx.end()
+            if tail:
+                self.bytes += len(tail)
+                self._send(tail, True)
+                return
+        self._send(b"", True)
+
+    def _pace(self, pacer: Pacer, size: int) -> None:
+        """max_rate: count the bytes; when over budget, stop reading this stream's upstream
+        until tokens return (one timer per burst, as on HTTP/1.1); other streams go on."""
+        loop = self.conn.server.loop
+        now = loop.time()
+        pacer.consume(size)
+        if self.paced or self.up is None or pacer.allowance(now) > 0:
+            return
+        self.paced = True  # update_reading (from _send) pauses the upstream
+        loop.call_later(pacer.delay_until_next(now), self._resume_paced)
+
+    def _resume_paced(self) -> None:
+        self.paced = False
+        if not self.done:
+            self.update_reading()
 
     # -- sending to the client ----------------------------------------------------------------
     def _send(self, data: bytes, end: bool) -> None:
@@ -636,7 +813,7 @@ class H2Stream:
         up = self.up
         if up is None:
             return
-        pause = self.out_size > OUT_HIGH or self.conn.write_paused
+        pause = self.paced or self.out_size > OUT_HIGH or self.conn.write_paused
         if pause != self.reading_paused:
             self.reading_paused = pause
             if pause:
@@ -685,6 +862,9 @@ class H2Stream:
 
     def _fail(self, status: int, detail: str) -> None:
         """The exchange failed: answer ``status`` if nothing was sent yet, else reset the stream."""
+        fx = self.fx
+        if fx is not None:
+            fx.abort()  # a copy being stored is incomplete: dropped
         up = self.up
         if up is not None:
             self.up = None
@@ -728,6 +908,9 @@ class H2Stream:
             return
         self.done = True
         self.deadline = _INF
+        fx = self.fx
+        if fx is not None:
+            fx.abort()
         self.kind = _NONE
         up = self.up
         if up is not None:
@@ -757,22 +940,24 @@ class H2Stream:
         status = self.status
         route = self.route
         if route is not None:
-            route.metrics.observe(route.service.name, status, duration)
+            route.metrics.observe(self.service.name, status, duration)
         else:
             server.unrouted.observe("", status, duration)
-        log = server.access_log
-        if log.enabled:
-            log.log(
-                (
-                    server.wall_offset + now,
-                    conn.peer,
-                    (head.host or b"").decode("latin-1"),
-                    head.method.decode("latin-1"),
-                    head.target.decode("latin-1"),
-                    status,
-                    self.bytes,
-                    duration,
-                    self.upstream_label,
-                    route.label if route is not None else None,
-                )
+        access = server.access_log
+        if access.enabled:
+            record = (
+                server.wall_offset + now,
+                conn.peer,
+                (head.host or b"").decode("latin-1"),
+                head.method.decode("latin-1"),
+                head.target.decode("latin-1"),
+                status,
+                self.bytes,
+                duration,
+                self.upstream_label,
+                route.label if route is not None else None,
             )
+            fx = self.fx
+            if fx is not None:  # tier and cache status, as HTTP/1.1 logs them
+                record += (fx.tier.name if fx.tier is not None else None, fx.cache_status)
+            access.log(record)
