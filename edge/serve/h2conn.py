@@ -108,6 +108,7 @@ class H2Connection(asyncio.Protocol):
         "listener",
         "peer",
         "proto",
+        "rtt_seen",
         "server",
         "streams",
         "transport",
@@ -122,6 +123,7 @@ class H2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer = ""
         self.trusted = False
+        self.rtt_seen = False  # the kernel's RTT was given to the tier chooser (quality routes, once)
         self.h2: _H2StateMachine = None  # type: ignore[assignment]  # made in connection_made
         self.streams: dict[int, H2Stream] = {}
         self.deadline = _INF

@@ -39,7 +39,7 @@ from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import RequestHead, ResponseHead
 from edge.ratelimit import ALLOWED
 from edge.route import normalize_host
-from edge.serve.features import Features
+from edge.serve.features import Features, tcp_rtt
 from edge.serve.h2head import (
     H2RequestError,
     checked_request_head,
@@ -274,6 +274,11 @@ class H2Stream:
             return True
         fx = self.fx = Features()
         if route.chooser is not None:  # the tier goes upstream (a client-sent value is replaced)
+            if not conn.rtt_seen:  # as HTTP/1.1: the connection's RTT is a measurement, taken once
+                conn.rtt_seen = True
+                rtt = tcp_rtt(conn.transport.get_extra_info("socket"))
+                if rtt is not None:
+                    server.clients.observe_rtt(client, rtt, now)
             fx.choose_tier(route.chooser, head, server.clients, client, now)
         if route.cache_ttl is None:
             return True
