@@ -17,6 +17,11 @@ Flow control, both ways, per stream (so a slow stream never stalls the others):
   ``OUT_HIGH`` buffered bytes (or while the client's socket is full) the upstream connection
   of this stream alone stops being read, and resumes on WINDOW_UPDATE.
 
+Routes with ``quality:`` or ``cache:`` get a ``Features`` object (``fx``) and with it what the
+HTTP/1.1 side does: answers from the cache (hits, 304s, stale ``fallback``), revalidation,
+storing while streaming, gzip, and ``max_rate`` pacing of this stream's upstream reads; every
+other stream only ever checks ``fx is None``.
+
 The stream owns no socket: it calls the h2 state machine and the connection's ``flush``.
 A stream ends when its END_STREAM (or RST_STREAM) was sent, or the client reset it.
 """
