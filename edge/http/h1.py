@@ -321,7 +321,9 @@ class RequestReader:
         url = self._url
         if not url.startswith(b"/") and not (url == b"*" and head.method == b"OPTIONS"):
             raise ProtocolError(400, "only origin-form request targets are accepted")
-        if (b"/." in url or b"%" in url) and has_dot_segment(url):  # a dot-segment follows a "/"
+        # a dot-segment follows a "/" (find, not ``in``: bytes.__contains__ first tries, and fails,
+        # to read its argument as an int: an exception raised and cleared, ~0.3 us)
+        if (url.find(b"/.") >= 0 or url.find(b"%") >= 0) and has_dot_segment(url):
             raise ProtocolError(400, "dot-segments in the request path")
         head.target = url
         host = head.host
@@ -351,9 +353,10 @@ def has_dot_segment(target: bytes) -> bool:
     upstream would resolve them after edge matched the route (Traefik sanitises too).
     """
     path = target.split(b"?", 1)[0]
-    if b"." not in path and b"%" not in path:
+    percent = path.find(b"%") >= 0
+    if not percent and path.find(b".") < 0:
         return False
-    if b"%" in path:
+    if percent:
         path = _ENCODED_DOT.sub(b".", path)
     return any(segment in (b".", b"..") for segment in path.split(b"/"))
 
