@@ -232,6 +232,12 @@ class ServiceHealth:
     def record_check(self, index: int, ok: bool, now: float) -> HealthState | None:
         return self.upstreams[index].record_check(ok, now)
 
+    def needs_record(self, index: int) -> bool:
+        """Whether a success (status < 500) of upstream ``index`` would change anything: the hot
+        path skips ``record_response`` when it would not."""
+        health = self.upstreams[index]
+        return bool(health.failures or health.ejections)
+
     def record_response(self, index: int, status: int, now: float) -> HealthState | None:
         """Passive result for upstream ``index``; never ejects the last healthy upstream."""
         health = self.upstreams[index]

@@ -62,7 +62,7 @@ class _Bucket(Generic[T]):
 class Router(Generic[T]):
     """Matches requests to routes for one listener. ``T`` is whatever the caller routes to."""
 
-    __slots__ = ("_any", "_exact", "_wildcard")
+    __slots__ = ("_any", "_exact", "_wildcard", "catch_all")
 
     def __init__(self, routes: Sequence[tuple[str | None, str, T]]) -> None:
         """``routes``: (host or None, path_prefix, target) in the policy file's order."""
@@ -80,6 +80,11 @@ class Router(Generic[T]):
                 self._wildcard.setdefault(host[2:], _Bucket()).add(prefix, target)
             else:
                 self._exact.setdefault(host, _Bucket()).add(prefix, target)
+        # One route for every host and path (path_prefix "/", no host): the answer without a lookup.
+        only_any = not self._exact and not self._wildcard and self._any is not None
+        self.catch_all: T | None = (
+            self._any.root if only_any and len(self._any.entries) == 1 else None  # type: ignore[union-attr]
+        )
 
     def match(self, host: str, path: str) -> T | None:
         """``host`` already normalized (see ``normalize_host``)."""

@@ -61,8 +61,13 @@ class RoundRobin(Balancer):
 
     def pick(self, key: str | None = None) -> UpstreamState | None:
         upstreams = self.upstreams
-        count = len(upstreams)
         start = self._next
+        state = upstreams[start]  # the common case: the next one is healthy
+        if state.healthy:
+            start += 1
+            self._next = start if start < len(upstreams) else 0
+            return state
+        count = len(upstreams)
         for step in range(count):
             state = upstreams[(start + step) % count]
             if state.healthy:

@@ -38,7 +38,8 @@ class AccessLog:
         self._fd = -1
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._escape_cache: dict[str | None, str] = {}
+        self._escape_cache: dict[str | bytes | None, str] = {}
+        self._text_cache: dict[str | bytes | None, str] = {}
         self._open()
 
     def _open(self) -> None:
@@ -70,7 +71,8 @@ class AccessLog:
         self._loop = loop
 
     def log(self, record: tuple) -> None:
-        """record: (wall_time, client, host, method, path, status, bytes, duration, upstream, route, tier, cache)."""
+        """record: (wall_time, client, host, method, path, status, bytes, duration, upstream, route, tier, cache);
+        host, method and path as str or bytes (latin-1)."""
         queue = self.queue
         queue.append(record)
         if len(queue) == 1 and self._loop is not None:
@@ -90,7 +92,10 @@ class AccessLog:
             return
         lines = []
         add = lines.append
+        escaped = self._escape_cache
         escape = self._escaped
+        texts = self._text_cache
+        text = self._text
         last_second = -1
         prefix = ""
         for wall, client, host, method, path, status, size, duration, upstream, route, *features in queue:
@@ -100,10 +105,14 @@ class AccessLog:
                 last_second = second
                 prefix = time.strftime('{"time":"%Y-%m-%dT%H:%M:%S', time.gmtime(second))
             add(
-                # client is an IP, method a token, host matched edge's Host grammar: no escaping needed
-                f'{prefix}.{int(wall * 1000) % 1000:03d}Z","client":"{client}","host":"{host}","method":"{method}",'
-                f'"path":{escape(path)},"status":{status},"bytes":{size},"duration":{duration:.6f},'
-                f'"upstream":{escape(upstream)},"route":{escape(route)}'
+                # client is an IP, method a token, host matched edge's Host grammar: no escaping needed.
+                # host, method and path come as bytes (HTTP/1.1) or str (HTTP/2); repeated values
+                # are decoded and escaped once (the caches; a miss calls _text / _escaped)
+                f'{prefix}.{int(wall * 1000) % 1000:03d}Z","client":"{client}",'
+                f'"host":"{texts.get(host) or text(host)}","method":"{texts.get(method) or text(method)}",'
+                f'"path":{escaped.get(path) or escape(path)},'
+                f'"status":{status},"bytes":{size},"duration":{duration:.6f},'
+                f'"upstream":{escaped.get(upstream) or escape(upstream)},"route":{escaped.get(route) or escape(route)}'
                 + (f',"tier":{escape(tier)}' if tier is not None else "")
                 + (f',"cache":"{cache}"' if cache is not None else "")
                 + "}\n"
@@ -118,14 +127,25 @@ class AccessLog:
         except OSError:
             pass
 
-    def _escaped(self, value: str | None) -> str:
+    def _escaped(self, value: str | bytes | None) -> str:
         """JSON strings for paths, route labels and upstream names: they repeat, so cached."""
         found = self._escape_cache.get(value)
         if found is None:
-            found = "null" if value is None else _s(value)
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            found = "null" if text is None else _s(text)
             if len(self._escape_cache) > 1024:
                 self._escape_cache.clear()
             self._escape_cache[value] = found
+        return found
+
+    def _text(self, value: str | bytes | None) -> str:
+        """Host and method as they go in the line (checked tokens: never escaped), cached."""
+        found = self._text_cache.get(value)
+        if found is None:
+            found = "" if value is None else value.decode("latin-1") if isinstance(value, bytes) else value
+            if len(self._text_cache) > 1024:
+                self._text_cache.clear()
+            self._text_cache[value] = found
         return found
 
     def close(self) -> None:

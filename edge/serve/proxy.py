@@ -80,6 +80,31 @@ _clock = time.perf_counter  # durations: uvloop's loop.time() has millisecond re
 _BY_UPSTREAM, _BY_BUFFER, _BY_ERROR, _BY_WRITE = 1, 2, 4, 8
 
 
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_LENGTH_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    """b"HTTP/1.1 200 OK\\r\\n", made once per (status, reason) seen."""
+    found = _STATUS_LINES.get((status, reason))
+    if found is None:
+        found = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 512:  # upstreams choose reasons: keep the cache bounded
+            _STATUS_LINES[(status, reason)] = found
+    return found
+
+
+def _content_length(length: int) -> bytes:
+    """The Content-Length line; the few sizes a site serves most are made once."""
+    found = _LENGTH_LINES.get(length)
+    if found is None:
+        found = b"Content-Length: %d\r\n" % length
+        if len(_LENGTH_LINES) >= 4096:
+            _LENGTH_LINES.clear()
+        _LENGTH_LINES[length] = found
+    return found
+
+
 def error_response(status: int, detail: str, close: bool, extra: bytes = b"") -> bytes:
     """A short plain-text response the proxy makes itself."""
     reason = _REASONS.get(status, "Error")
@@ -513,11 +538,16 @@ class ClientConnection(asyncio.Protocol):
         if plain_duties and self._plain_listener_answers(head, rt):
             return
         router = rt.routers.get(self.listener)
-        raw_host = head.host
-        if raw_host != self._host_raw:  # keep-alive clients repeat their Host: normalise it once
-            self._host_raw = raw_host
-            self._host = normalize_host(raw_host or b"")
-        route = router.match(self._host, head.path.decode("latin-1")) if router else None
+        if router is None:
+            route = None
+        else:
+            route = router.catch_all  # a listener with one route for every host and path
+            if route is None:
+                raw_host = head.host
+                if raw_host != self._host_raw:  # keep-alive clients repeat their Host: normalise it once
+                    self._host_raw = raw_host
+                    self._host = normalize_host(raw_host or b"")
+                route = router.match(self._host, head.path.decode("latin-1"))
         if route is None:
             self._local(404, "no route for this host and path")
             return
@@ -554,14 +584,16 @@ class ClientConnection(asyncio.Protocol):
         fx = self._fx
         if fx is not None:
             fx.sent_at = self.server.loop.time()
-        if head.has_body():
+        if head.chunked or head.content_length:
             if head.expect_continue:
                 self._out.append(_CONTINUE)
             self._retained = []
             self._body_deadline()
         else:
             self._req_done = True
-            self._wait_upstream()
+            if not self._resp_started:  # _wait_upstream, inline
+                self.deadline = self.server.loop.time() + service.response_timeout
+                self.deadline_kind = _UPSTREAM
         self._attempts = 1
         if self._in_feed:
             self._to_lease = ustate  # see _lease_parsed
@@ -754,7 +786,12 @@ class ClientConnection(asyncio.Protocol):
         if ustate is not None:
             self._to_lease = None
             if not self._closed and self._head is not None and self._ustate is None:
-                self._lease(ustate)
+                ustate.inflight += 1  # _lease, inline
+                self._ustate = ustate
+                index = self._uindex = ustate.index
+                self._upstream_label = ustate.label
+                pool = self._pool = self._service.pools[index]  # type: ignore[union-attr]
+                pool.acquire(self)
 
     def _lease(self, ustate: UpstreamState) -> None:
         route = self._route
@@ -778,33 +815,6 @@ class ClientConnection(asyncio.Protocol):
             self._fwd_host = host
         return self._fwd_lines
 
-    def _request_bytes(self) -> bytes:
-        head = self._head
-        assert head is not None and self._route is not None
-        if head.chunked:
-            framing = b"Transfer-Encoding: chunked\r\n"
-        elif head.content_length is not None:
-            framing = b"Content-Length: %d\r\n" % head.content_length
-        else:
-            framing = b""
-        if head.upgrade is not None:  # on top of the body's framing, never instead of it
-            framing += b"Connection: upgrade\r\nUpgrade: " + head.upgrade + b"\r\n"
-        return b"".join(
-            (
-                head.method,
-                b" ",
-                head.target,
-                b" HTTP/1.1\r\nHost: ",
-                head.host or b"",
-                b"\r\n",
-                *head.lines,
-                self._forwarding(head),
-                self._route.add_request,
-                framing,
-                b"\r\n",
-            )
-        )
-
     # -- pool callbacks -------------------------------------------------------------------
     def wants_upstream(self, pool: UpstreamPool) -> bool:
         return self._pool is pool and self._up is None and not self._closed and self._head is not None
@@ -824,7 +834,37 @@ class ClientConnection(asyncio.Protocol):
         conn.reader.expect_no_body = head.method == b"HEAD"
         if self.deadline_kind == _POOL:
             self._wait_upstream() if self._req_done else self._body_deadline()
-        data = self._request_bytes()
+        # the request head (as _request_bytes, inline)
+        if head.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif head.content_length is not None:
+            framing = b"Content-Length: %d\r\n" % head.content_length
+        else:
+            framing = b""
+        if head.upgrade is not None:  # on top of the body's framing, never instead of it
+            framing += b"Connection: upgrade\r\nUpgrade: " + head.upgrade + b"\r\n"
+        host = head.host
+        if self.trusted:
+            forwarding = forwarding_lines(head, self.peer, True, self.proto)
+        elif host is self._fwd_host or host == self._fwd_host:  # see _forwarding
+            forwarding = self._fwd_lines
+        else:
+            forwarding = self._forwarding(head)
+        data = b"".join(
+            (
+                head.method,
+                b" ",
+                head.target,
+                b" HTTP/1.1\r\nHost: ",
+                host or b"",
+                b"\r\n",
+                *head.lines,
+                forwarding,
+                self._route.add_request,  # type: ignore[union-attr]
+                framing,
+                b"\r\n",
+            )
+        )
         if not reused and self._service is not None and self._service.policy.send_proxy_protocol:
             local = self.transport.get_extra_info("sockname") or ("0.0.0.0", 0)
             data = proxyproto.build_v2((self.peer, self.peer_port), (local[0], local[1])) + data
@@ -926,13 +966,21 @@ class ClientConnection(asyncio.Protocol):
             if status != 100 and head.version == b"1.1":
                 self._out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, rh.reason, b"".join(rh.lines)))
             return
-        self._record(status)
+        index = self._uindex  # _record, inline: a success changes nothing unless there is a record to clear
+        if index >= 0:
+            self._uindex = -1
+            service = self._service
+            assert service is not None
+            if status >= 500 or service.breaker is not None or service.health.needs_record(index):
+                service.record_outcome(index, status, self.server.loop.time(), self._gen)
         ustate = self._ustate
         if ustate is not None:
             ustate.inflight -= 1
             self._ustate = None
         fx = self._fx
+        delimited = None  # whether the upstream's close ends its body, taken before gzip re-frames it
         if fx is not None:
+            delimited = rh.content_length is None and not rh.chunked
             server = self.server
             now = server.loop.time()
             cached = route.cache_ttl is not None
@@ -954,21 +1002,23 @@ class ClientConnection(asyncio.Protocol):
         self._resp_started = True
         no_body = head.method == b"HEAD" or status == 204 or status == 304
         self._resp_no_body = no_body
+        length = rh.content_length
         if no_body:
-            keep_length = rh.content_length is not None and status != 204
-            framing = b"Content-Length: %d\r\n" % rh.content_length if keep_length else b""
-        elif rh.content_length is not None:
-            framing = b"Content-Length: %d\r\n" % rh.content_length
+            framing = _content_length(length) if length is not None and status != 204 else b""
+        elif length is not None:
+            framing = _content_length(length)
         elif rh.chunked and head.version == b"1.1":
             framing = b"Transfer-Encoding: chunked\r\n"
             self._resp_chunked = True
+            if delimited:
+                self._resp_delimited = True
         elif head.version == b"1.1" and not rh.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
             self._resp_chunked = True
             self._resp_delimited = True
         else:
             framing = b""
-            self._resp_delimited = not rh.chunked
+            self._resp_delimited = not rh.chunked if delimited is None else delimited
             self._close_after = True
         if not self._req_done:
             self._close_after = True  # answered before the body ended: do not guess the rest
@@ -978,10 +1028,9 @@ class ClientConnection(asyncio.Protocol):
             conn = b"Connection: keep-alive\r\n"
         else:
             conn = b""
-        lines = b"".join(rh.lines)
-        extra = route.add_response
-        self._out.append(b"HTTP/1.1 %d %s\r\n%s%s%s%s\r\n" % (status, rh.reason, lines, framing, extra, conn))
-        self.deadline = self.server.loop.time() + route.service.policy.timeouts.idle
+        self._out.append(b"".join((_status_line(status, rh.reason), *rh.lines, framing, route.add_response, conn,
+                                   b"\r\n")))
+        self.deadline = self.server.loop.time() + route.service.idle_timeout
         self.deadline_kind = _STREAM
 
     def response_body(self, data: bytes) -> None:
@@ -1162,9 +1211,9 @@ class ClientConnection(asyncio.Protocol):
                 (
                     server.wall_offset + now,
                     self.peer,
-                    (head.host or b"").decode("latin-1"),
-                    head.method.decode("latin-1"),
-                    head.target.decode("latin-1"),
+                    head.host,  # bytes: decoded (once per distinct value) when the batch is written
+                    head.method,
+                    head.target,
                     status,
                     self._bytes,
                     duration,

@@ -28,8 +28,8 @@ __all__ = ["RouteRuntime", "Runtime", "ServiceRuntime", "compile_runtime"]
 
 
 class ServiceRuntime:
-    __slots__ = ("balancer", "breaker", "hash_key", "health", "name", "policy", "pools", "response_timeout", "retries",
-                 "upstreams")
+    __slots__ = ("balancer", "breaker", "hash_key", "health", "idle_timeout", "name", "policy", "pools",
+                 "response_timeout", "retries", "upstreams")
 
     def __init__(self, name: str, policy: Service, loop: asyncio.AbstractEventLoop, factory: Callable) -> None:
         self.name = name
@@ -46,6 +46,7 @@ class ServiceRuntime:
             for state in self.upstreams
         ]
         self.response_timeout = timeouts.response_header
+        self.idle_timeout = timeouts.idle
         self.retries = policy.retries
 
     def record_outcome(self, index: int, status: int, now: float, generation: int) -> None:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.support.procs import DemoUpstream, Edge, free_port, raw_exchange, wait_until
+from tests.support.procs import DemoUpstream, Edge, RawUpstream, free_port, raw_exchange, wait_until
 
 
 def get(port: int, path: str, *headers: str, host: str = "t") -> tuple[int, dict[str, str], bytes]:
@@ -184,3 +184,41 @@ def test_stale_fallback_while_the_upstream_is_down_and_fallback_service():
     finally:
         edge.stop()
         spare.stop()
+
+
+def test_a_close_delimited_upstream_body_is_gzipped_whole():
+    """An upstream without Content-Length or chunking ends its body by closing: a tier that
+    gzips re-frames it, and the close must still end the response, not truncate it."""
+    page = b"<!doctype html><title>t</title>" + b"<p>hello</p>" * 2000
+
+    def answer(conn) -> None:
+        conn.settimeout(5)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buf += data
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n" + page)
+
+    upstream = RawUpstream(answer)
+    port = free_port()
+    edge = Edge(
+        f"version: 1\nlisteners: {{web: {{listen: ['127.0.0.1:{port}']}}}}\n"
+        f"services: {{s: {{upstreams: [{{url: '{upstream.url}'}}]}}}}\n"
+        "routes: [{service: s, quality: adaptive}]\n" + PROFILE,
+        port,
+    )
+    try:
+        for version in ("1.1", "1.0"):
+            raw = raw_exchange(port, f"GET / HTTP/{version}\r\nHost: t\r\nDownlink: 1.5\r\n"
+                                     "Accept-Encoding: gzip\r\nConnection: close\r\n\r\n".encode())
+            head, _, body = raw.partition(b"\r\n\r\n")
+            assert b"Content-Encoding: gzip" in head, head
+            if version == "1.1":
+                assert b"Transfer-Encoding: chunked" in head
+                body = _dechunk(body)
+            assert gzip.decompress(body) == page
+    finally:
+        edge.stop()
+        upstream.close()
