@@ -46,6 +46,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Features", "tcp_rtt", "unacked_bytes"]
 
+# Statuses whose responses never have a body (RFC 9110 6.4.1). A storable one (a 204: cacheable
+# by default, 15.3.5, and kept by Varnish too) is complete at its head, so its copy is committed
+# there: the shells call ``end`` only for responses with a body, and a writer left open would
+# hold its reservation against ``cache.max_size`` for ever. (A 304 is never stored as such.)
+_NO_BODY = frozenset({204, 304})
+
 _TCP_INFO_RTT = struct.Struct("=I")  # tcpi_rtt (microseconds), the 16th u32 after 8 bytes of u8 fields
 _TCP_INFO_RTT_OFFSET = 8 + 15 * 4
 
@@ -159,8 +165,9 @@ class Features:
                                                                      connection)
             return 304, data, [], 0
         lines = entry.head_lines(now, stale=stale)
-        data = b"HTTP/1.1 %d %s\r\n%s%sContent-Length: %d\r\n%s%s\r\n" % (
-            entry.status, entry.reason, b"".join(lines), self._tier_lines(), entry.body_size, extra, connection)
+        length = b"" if entry.status == 204 else b"Content-Length: %d\r\n" % entry.body_size  # RFC 9110 8.6
+        data = b"HTTP/1.1 %d %s\r\n%s%s%s%s%s\r\n" % (
+            entry.status, entry.reason, b"".join(lines), self._tier_lines(), length, extra, connection)
         chunks = [] if head.method == b"HEAD" else entry.chunks
         return entry.status, data, chunks, entry.body_size
 
@@ -174,7 +181,9 @@ class Features:
                        *extra]
             return 304, headers, [], 0
         headers = [(b":status", b"%d" % entry.status), *_pairs(entry.head_lines(now, stale=stale)),
-                   *_pairs(self._tier_list()), (b"content-length", b"%d" % entry.body_size), *extra]
+                   *_pairs(self._tier_list()), *extra]
+        if entry.status != 204:  # RFC 9110 8.6: never in a 204
+            headers.insert(len(headers) - len(extra), (b"content-length", b"%d" % entry.body_size))
         chunks = [] if head.method == b"HEAD" else entry.chunks
         return entry.status, headers, chunks, entry.body_size
 
@@ -210,8 +219,14 @@ class Features:
             plan = response_plan(self.plan, rh.status, rh.lines, rh.names, self.ttl, wall,
                                  max(0.0, now - self.sent_at))
             if plan is not None:
-                self.writer = store.begin(self.key, head.header, rh.status, rh.reason, rh.lines, rh.names, plan,
-                                          now, rh.content_length)
+                empty = rh.status in _NO_BODY
+                writer = store.begin(self.key, head.header, rh.status, rh.reason, rh.lines, rh.names, plan, now,
+                                     None if empty else rh.content_length)
+                if writer is not None:
+                    if empty:
+                        writer.commit()  # nothing follows the head: the copy is whole now
+                    else:
+                        self.writer = writer
         chooser = self.chooser
         tier = self.tier
         if chooser is None or tier is None:
