@@ -840,6 +840,9 @@ class H2Stream:
         self._release()
 
     def _release(self) -> None:
+        fx = self.fx
+        if fx is not None:
+            fx.abort()  # no-op after ``end``; a copy still filling now could never be completed
         self.done = True
         self.deadline = _INF
         self.kind = _NONE

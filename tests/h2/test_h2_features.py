@@ -234,3 +234,77 @@ def test_redis_backend_hit_over_h2(pki: Pki) -> None:
         edge.stop()
         up.stop()
         redis.stop()
+
+
+def test_204s_over_h2_never_use_up_the_cache(pki: Pki) -> None:
+    """An h2 stream ends at a 204's HEADERS (END_STREAM), so nothing calls the cache glue's
+    ``end``: the copy is committed at the head. Before, each 204 held ~665 bytes of
+    ``cache.max_size`` for ever, until nothing could be stored any more."""
+    up = DemoUpstream("h2nocontent")
+    port = free_port()
+    edge = Edge(
+        "version: 1\ncache: {max_size: 64KiB}\n" + tls_listener(port, pki)
+        + f"services: {{s: {{upstreams: [{{url: '{up.url}'}}]}}}}\n"
+        "routes: [{host: cache.localhost, service: s, cache: {ttl: 60s}}]\n",
+        port,
+    )
+    client = H2Client(port, str(pki.root))
+
+    def get(path: str):
+        return client.get(path, headers=client.headers(path, authority="cache.localhost"))
+
+    try:
+        for n in range(300):  # ~200 KB of leaked reservations before the fix: three times max_size
+            response = get(f"/status/204?n={n}")
+            assert response.status == 204 and not response.body and b"content-length" not in response.headers
+        first = get("/count?after-204s").body
+        assert get("/count?after-204s").body == first  # the cache still stores
+        response = get("/status/204?n=299")  # stored whole at its head: a hit
+        assert response.status == 204 and b"age" in response.headers and b"content-length" not in response.headers
+    finally:
+        client.close()
+        edge.stop()
+        up.stop()
+
+
+def test_streams_reset_mid_body_give_their_copies_bytes_back(pki: Pki) -> None:
+    """A copy being stored when its stream is reset, or its connection goes, is dropped and its
+    bytes given back to ``cache.max_size``."""
+    from tests.serve.test_features import _half_body_upstream
+
+    up = _half_body_upstream()
+    port = free_port()
+    edge = Edge(
+        "version: 1\ncache: {max_size: 64KiB}\n" + tls_listener(port, pki)
+        + f"services: {{s: {{upstreams: [{{url: '{up.url}'}}]}}}}\n"
+        "routes: [{host: cache.localhost, service: s, cache: {ttl: 60s}}]\n",
+        port,
+    )
+
+    def request(client: H2Client, path: str) -> int:
+        return client.request(path, headers=client.headers(path, authority="cache.localhost"))
+
+    try:
+        for round_ in range(2):
+            client = H2Client(port, str(pki.root))
+            try:
+                for n in range(50):  # ~80 KB of partial copies per round, were they never given back
+                    sid = request(client, f"/part?r={round_}&n={n}")
+                    response = client.responses[sid]
+                    client.wait(lambda r=response: len(r.body) >= 1000, what="the first 1000 bytes")
+                    if round_ == 0:
+                        client.reset(sid)
+            finally:
+                client.close()  # round 1: the streams still open go with their connection
+        client = H2Client(port, str(pki.root))
+        try:
+            first = client.responses[request(client, "/count")]
+            client.wait(lambda: first.ended, what="the first count")
+            second = client.responses[request(client, "/count")]
+            client.wait(lambda: second.ended, what="the second count")
+            assert first.status == 200 and second.body == first.body  # the cache still stores
+        finally:
+            client.close()
+    finally:
+        edge.stop()
+        up.close()
