@@ -405,9 +405,13 @@ class ResponseEncoder:
         return b"".join(parts)
 
 
-# distinct request header blocks remembered per connection
+# distinct request header blocks remembered per connection, each of at most _MEMO_FIELDS fields:
+# a 2 KB block of one-byte indexed references decodes to ~2000 fields, and 64 of those kept
+# ~10 MB per connection; capped like _CHECKED_FIELDS (a real request has ~7 to 20), a
+# connection holds at most 64 x 32 field tuples, whatever its blocks (refused ones included)
 _MEMO_BLOCKS = 64
 _MEMO_BLOCK_SIZE = 2048
+_MEMO_FIELDS = _CHECKED_FIELDS
 
 
 class MemoDecoder(Decoder):
@@ -420,7 +424,9 @@ class MemoDecoder(Decoder):
     newest table entry (entries are only ever added at the front, as new tuples, and we keep
     a reference, so an object id cannot come back), the number of entries and every limit
     the decoder checks; a block that inserts, evicts or resizes changes that state and is
-    never remembered. Everything else (errors included) is hpack's own decode.
+    never remembered, nor is one of more than ``_MEMO_FIELDS`` fields (what a connection can
+    make us keep is bounded by fields, not by its blocks' bytes). Everything else (errors
+    included) is hpack's own decode.
     """
 
     def __init__(self, max_header_list_size: int) -> None:
@@ -443,7 +449,8 @@ class MemoDecoder(Decoder):
             return list(hit[2])
         headers: list[HeaderTuple] = super().decode(data, raw)  # type: ignore[assignment]
         entries = self.header_table.dynamic_entries
-        if (entries[0] if entries else None) is newest and self._limits() == limits:
+        if len(headers) <= _MEMO_FIELDS and (entries[0] if entries else None) is newest \
+                and self._limits() == limits:
             if len(memo) >= _MEMO_BLOCKS:
                 memo.clear()
             memo[data] = (newest, limits, list(headers))

@@ -134,3 +134,21 @@ def test_limits_still_apply_to_remembered_blocks() -> None:
     memo.max_header_list_size = 100
     with pytest.raises(OversizedHeaderListError):
         memo.decode(block, raw=True)
+
+
+def test_blocks_of_many_fields_are_never_remembered() -> None:
+    """A 2 KB block of one-byte indexed references decodes to ~1500 fields: 64 such blocks
+    remembered were ~10 MB per connection. Only blocks of at most 32 fields are kept."""
+    memo = MemoDecoder(64 * 1024)
+    for n in range(1400, 1400 + 80):  # distinct blocks, all static references (the table never changes)
+        block = b"\x82" * n  # :method GET, n times
+        for _ in range(2):
+            assert len(memo.decode(block, raw=True)) == n
+    assert not memo._memo
+    small = b"\x82\x84\x87" + b"\x82" * 29  # 32 fields: a (large) real request
+    assert memo.decode(small, raw=True) == memo.decode(small, raw=True)
+    assert list(memo._memo) == [small]
+    assert len(memo.decode(small + b"\x82", raw=True)) == 33
+    assert list(memo._memo) == [small]
+    held = sum(len(fields) for _, _, fields in memo._memo.values())
+    assert held <= 32
