@@ -148,6 +148,10 @@ def test_a_compressing_tier_gzips_over_h2(site: Site) -> None:
 
 
 def test_max_rate_paces_one_stream_and_not_its_neighbours(site: Site) -> None:
+    """Relative, not wall-clock, figures for the neighbours (a loaded CI machine slows every
+    stream alike): as many bytes as the paced stream, unpaced, on the same connection, they
+    finish while it is still going, well before its end. The paced stream's own time keeps a
+    wide window: its lower bound is the pacing, which load can only lengthen."""
     size = 2 * 1024 * 1024  # 8mbps is 1 MB/s: about 2.1 s
     client = H2Client(site.port, str(site.pki.root))
     try:
@@ -155,20 +159,22 @@ def test_max_rate_paces_one_stream_and_not_its_neighbours(site: Site) -> None:
         path = f"/bytes/{size}"
         paced = client.request(path, headers=client.headers(path, extra=[(b"save-data", b"on")]))
         client.wait(lambda: len(client.responses[paced].body) > 0, what="the paced stream's first bytes")
-        # the same connection, the default tier: these finish while the paced stream is still going
+        # the same connection, the default tier: as many bytes as the paced stream, all at once
         others_started = time.monotonic()
         others = [client.request("/bytes/262144") for _ in range(8)]
         client.wait(lambda: all(client.finished(sid) for sid in others), what="the neighbours")
         others_took = time.monotonic() - others_started
+        paced_so_far = len(client.responses[paced].body)
         assert all(len(client.responses[sid].body) == 262144 for sid in others)
-        assert others_took < 1.0, others_took
-        assert not client.finished(paced)
-        client.wait(lambda: client.finished(paced), timeout=15, what="the paced stream")
+        # had they been held to the paced stream's rate, or queued behind it, it would be done
+        assert not client.finished(paced) and paced_so_far <= 0.8 * size, paced_so_far
+        client.wait(lambda: client.finished(paced), timeout=20, what="the paced stream")
         elapsed = time.monotonic() - started
         response = client.responses[paced]
         assert response.status == 200 and len(response.body) == size and response.reset is None
         assert response.headers[b"x-edge-quality"] == b"low"
-        assert 1.6 <= elapsed <= 4.0, elapsed
+        assert others_took < 0.8 * elapsed, (others_took, elapsed)  # ~0.1 idle; <= ~0.6 with 4 busy loops on 2 cores
+        assert 1.6 <= elapsed <= 10.0, elapsed
     finally:
         client.close()
 
