@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+from itertools import islice
 
 from edge.policy.model import RateLimit
 
@@ -158,7 +159,7 @@ class RateLimiter:
         if bucket is None:
             self._insert(key, now)
             if taken is not None:
-                taken[key] = taken.get(key, 0) + 1
+                self._count_taken(taken, key)
             return ALLOWED
         buckets.move_to_end(key)
         elapsed = now - bucket.stamp
@@ -171,7 +172,7 @@ class RateLimiter:
         if tokens >= 1.0:
             bucket.tokens = tokens - 1.0
             if taken is not None:
-                taken[key] = taken.get(key, 0) + 1
+                self._count_taken(taken, key)
             return ALLOWED
         bucket.tokens = tokens
         return self._reject(key, tokens, now)
@@ -254,17 +255,25 @@ class RateLimiter:
         elif self.taken is None:
             self.taken = {}
 
+    def _count_taken(self, taken: dict[str, int], key: str) -> None:
+        count = taken.get(key)
+        if count is not None:
+            taken[key] = count + 1
+        elif len(taken) < self.max_keys:  # bounded like the buckets: beyond, a key stays local
+            taken[key] = 1
+
     def report(self, limit: int) -> list[tuple[str, int]]:
-        """Up to ``limit`` (key, tokens taken) pairs since the last report, now forgotten."""
+        """Up to ``limit`` (key, tokens taken) pairs since the last report, now forgotten
+        (oldest first; the cost is the batch's, not the backlog's)."""
         taken = self.taken
         if not taken:
             return []
         if len(taken) <= limit:
             self.taken = {}
             return list(taken.items())
-        batch = []
-        for key in list(taken)[:limit]:
-            batch.append((key, taken.pop(key)))
+        batch = list(islice(taken.items(), limit))
+        for key, _ in batch:
+            del taken[key]
         return batch
 
     def adopt(self, key: str, level: float, now: float) -> None:

@@ -2,8 +2,8 @@
 (``cache.backend: redis``) and rate-limit buckets (``state.redis_url``).
 
 Owns: the URL syntax and the client settings (aiocache's Redis backend over redis-py's
-asyncio client: a timeout on every operation, a bounded connection pool that fails fast
-instead of queueing). Callers treat every Redis error as "not shared right now" and go on.
+asyncio client: a timeout on every operation, a bounded connection pool in which a caller
+waits at most that timeout). Callers treat every Redis error as "not shared right now" and go on.
 """
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ def open_redis(url: str, timeout: float, pool_size: int):
     ``raw`` and scripts on ``.client``); connects lazily, on first use."""
     from aiocache import RedisCache
     from aiocache.serializers import NullSerializer
+    from redis.asyncio import BlockingConnectionPool
 
     options = parse_redis_url(url)
+    # A full pool makes a caller wait (up to ``timeout``) for a connection, not fail at once:
+    # a burst of lookups is exactly what a shared cache must absorb.
     return RedisCache(serializer=NullSerializer(), namespace=None, timeout=timeout, pool_max_size=pool_size,
-                      create_connection_timeout=timeout, **options)
+                      create_connection_timeout=timeout, connection_pool_class=BlockingConnectionPool,
+                      connection_pool_kwargs={"timeout": timeout}, **options)

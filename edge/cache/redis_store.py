@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import time
 from collections.abc import Callable
 
@@ -45,6 +47,10 @@ POOL_SIZE = 32  # connections to Redis per process; a lookup waits for one at mo
 _FORMAT = 1  # first element of every encoded entry; another value is ignored (a miss)
 _SPEC_FIELD = b"v"
 _ERROR_LOG_EVERY = 30.0
+_CRLF = re.compile(rb"[\r\n]")
+MAX_ENTRY = 8 * 1024 * 1024  # one value in Redis: larger responses stream through unstored
+MAX_PENDING_DELETES = 10_000  # keys waiting to be dropped; beyond, an invalidation is lost (logged)
+_DELETE_BATCH = 500
 
 # KEYS[1] hash; ARGV: variant field, entry, Vary spec, expiry in ms.
 _STORE_SCRIPT = """
@@ -70,16 +76,21 @@ def encode_entry(entry: Entry, wall_offset: float) -> bytes:
     ])
 
 
-def decode_entry(blob: bytes, wall_offset: float) -> Entry | None:
-    """The entry ``encode_entry`` wrote, its times back on this process's clock; None for
-    anything else (another format version, a foreign value)."""
+def decode_entry(blob: bytes, wall_offset: float, field: bytes = b"") -> Entry | None:
+    """The entry ``encode_entry`` wrote, its times back on this process's clock, ``field`` its
+    variant; None for anything else. Redis is shared, so what it returns is checked like
+    input: every type, and header lines that could not split or inject a response."""
     try:
-        fields = msgpack.unpackb(blob)
         (fmt, key, status, reason, lines, names, body, stored_at, initial_age, lifetime, expires_at, etag,
-         last_modified, stale_ok, explicit, stale_if_error, vary) = fields
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-    if fmt != _FORMAT:
+         last_modified, stale_ok, explicit, stale_if_error, vary) = msgpack.unpackb(blob)
+        if fmt != _FORMAT or not _well_formed(key, status, reason, lines, names, body, etag, last_modified, vary):
+            return None
+        numbers = (stored_at, initial_age, lifetime, expires_at)
+        if not all(isinstance(n, (int, float)) and math.isfinite(n) for n in numbers):
+            return None
+        if stale_if_error is not None and not isinstance(stale_if_error, (int, float)):
+            return None
+    except Exception:  # any value a foreign writer left: a miss
         return None
     entry = Entry.__new__(Entry)
     entry.key = key
@@ -92,16 +103,33 @@ def decode_entry(blob: bytes, wall_offset: float) -> Entry | None:
     entry.cost = ENTRY_OVERHEAD + len(body)
     entry.vary = tuple(vary)
     entry.stored_at = stored_at - wall_offset
-    entry.initial_age = initial_age
+    entry.initial_age = max(0.0, float(initial_age))
     entry.lifetime = lifetime
     entry.expires_at = expires_at - wall_offset
     entry.etag = etag
     entry.last_modified = last_modified
-    entry.stale_ok = stale_ok
-    entry.explicit = explicit
+    entry.stale_ok = bool(stale_ok)
+    entry.explicit = bool(explicit)
     entry.stale_if_error = stale_if_error
-    entry.vkey = key
+    entry.vkey = field
     return entry
+
+
+def _well_formed(key, status, reason, lines, names, body, etag, last_modified, vary) -> bool:
+    if not (isinstance(key, bytes) and isinstance(body, bytes) and isinstance(reason, bytes)):
+        return False
+    if not (isinstance(status, int) and 200 <= status <= 599) or _CRLF.search(reason):
+        return False
+    if not (isinstance(lines, list) and isinstance(names, list) and len(lines) == len(names)):
+        return False
+    for line, name in zip(lines, names, strict=True):
+        if not (isinstance(line, bytes) and isinstance(name, bytes) and line.endswith(b"\r\n")):
+            return False
+        if _CRLF.search(line, 0, len(line) - 2) or line[: len(name) + 1].lower() != name + b":":
+            return False
+    if not all(isinstance(v, str) and "\r" not in v and "\n" not in v for v in (etag, last_modified) if v is not None):
+        return False
+    return isinstance(vary, list) and all(isinstance(v, bytes) for v in vary)
 
 
 class RedisStore:
@@ -113,8 +141,7 @@ class RedisStore:
     def __init__(self, url: str, max_size: int, loop: asyncio.AbstractEventLoop,
                  stale_keep: float = DEFAULT_STALE_KEEP, clock: Callable[[], float] | None = None) -> None:
         self.url = url
-        self.max_size = max_size
-        self.max_entry_size = max_size // ENTRY_SHARE
+        self.resize(max_size)
         self.stale_keep = stale_keep
         self._loop = loop
         clock = clock or loop.time
@@ -123,9 +150,21 @@ class RedisStore:
         self._cache = open_redis(url, LOOKUP_TIMEOUT, POOL_SIZE)
         self._store_script = self._cache.client.register_script(_STORE_SCRIPT)
         self._writes: set[asyncio.Task] = set()
+        # Lookups in flight by Redis key: concurrent requests for one key share one round trip
+        # and one decoded entry (one copy of its body), as hits on the memory store do.
+        self._flights: dict[bytes, asyncio.Task] = {}
+        self._doomed: set[bytes] = set()  # keys to DEL, sent in batches by one task
+        self._deleter: asyncio.Task | None = None
+        self._closed = False
         self.errors = 0
         self.dropped_writes = 0
+        self.dropped_deletes = 0
         self._next_error_log = 0.0
+
+    def resize(self, max_size: int) -> None:
+        """``cache.max_size`` (at start and on reload): one entry gets an eighth, at most MAX_ENTRY."""
+        self.max_size = max_size
+        self.max_entry_size = min(max_size // ENTRY_SHARE, MAX_ENTRY)
 
     # -- lookups --------------------------------------------------------------------------
     async def fetch(self, key: bytes, get_header: Callable[[str], str | None], now: float,
@@ -133,24 +172,41 @@ class RedisStore:
         """The stored response for this request, fresh or stale; None on a miss, and on any
         Redis trouble (logged, counted in ``errors``)."""
         rkey = PREFIX + key
+        flight = self._flights.get(rkey)
+        if flight is None:
+            flight = self._flights[rkey] = self._loop.create_task(self._read(rkey))
+            flight.add_done_callback(lambda _, rkey=rkey: self._flights.pop(rkey, None))
         try:
-            spec_blob, blob = await self._cache.raw("hmget", rkey, _SPEC_FIELD, b"")
-            if spec_blob is None:
-                return None
-            vary = tuple(msgpack.unpackb(spec_blob))
-            if vary:
-                blob = await self._cache.raw("hget", rkey, _variant(vary, get_header))
+            vary, entry = await asyncio.shield(flight)
+            if vary:  # the newest response varies: this request's own variant, one more round trip
+                field = _variant(vary, get_header)
+                blob = await self._cache.raw("hget", rkey, field)
+                entry = decode_entry(blob, self.wall_offset, field) if blob is not None else None
         except Exception as exc:  # a cache that fails is a miss, whatever the cause
             self._failed("lookup", exc)
             return None
-        if blob is None:
-            return None
-        entry = decode_entry(blob, self.wall_offset)
         if entry is None or now - entry.expires_at > self.stale_keep:
             return None
         if explicit_only and not entry.explicit:
             return None
+        if entry.stored_at > now:  # the writer's clock is ahead of ours: no negative Age
+            entry.stored_at = now
         return entry
+
+    async def _read(self, rkey: bytes) -> tuple[tuple[bytes, ...], Entry | None]:
+        """The Vary spec under ``rkey`` and, when there is none, the entry itself."""
+        spec_blob, blob = await self._cache.raw("hmget", rkey, _SPEC_FIELD, b"")
+        if spec_blob is None:
+            return (), None
+        try:
+            vary = tuple(msgpack.unpackb(spec_blob))
+            if not all(isinstance(name, bytes) for name in vary):
+                return (), None
+        except Exception:  # see decode_entry
+            return (), None
+        if vary:
+            return vary, None
+        return (), decode_entry(blob, self.wall_offset) if blob is not None else None
 
     def get(self, key: bytes, get_header: Callable[[str], str | None], now: float,
             explicit_only: bool = False) -> Entry | None:
@@ -183,9 +239,30 @@ class RedisStore:
         self._publish(entry)
 
     def delete(self, key: bytes) -> int:
-        """Drop every variant under ``key``, on every instance; the count is not known here."""
-        self._background("delete", self._cache.raw("delete", PREFIX + key))
+        """Drop every variant under ``key``, on every instance; the count is not known here.
+        Invalidations never queue behind stores: they are batched into DELs of their own."""
+        if self._closed:
+            return 0
+        doomed = self._doomed
+        if len(doomed) >= MAX_PENDING_DELETES:
+            self.dropped_deletes += 1
+            self._failed("delete", RuntimeError(f"{MAX_PENDING_DELETES} invalidations pending"))
+            return 0
+        doomed.add(PREFIX + key)
+        if self._deleter is None:
+            self._deleter = self._loop.create_task(self._delete_batches())
         return 0
+
+    async def _delete_batches(self) -> None:
+        try:
+            while self._doomed:
+                batch = [self._doomed.pop() for _ in range(min(_DELETE_BATCH, len(self._doomed)))]
+                try:
+                    await asyncio.wait_for(self._cache.raw("delete", *batch), LOOKUP_TIMEOUT * 4)
+                except Exception as exc:  # see fetch
+                    self._failed("delete", exc)
+        finally:
+            self._deleter = None
 
     def sweep(self, now: float) -> int:
         """Redis expires the hashes itself."""
@@ -207,7 +284,7 @@ class RedisStore:
 
     # -- background writes ---------------------------------------------------------------
     def _background(self, what: str, coro) -> None:
-        if len(self._writes) >= MAX_PENDING_WRITES:
+        if self._closed or len(self._writes) >= MAX_PENDING_WRITES:
             coro.close()
             self.dropped_writes += 1
             return
@@ -230,12 +307,15 @@ class RedisStore:
                         what, type(exc).__name__, exc, self.errors)
 
     async def flush(self) -> None:
-        """Wait for the writes in flight (tests, shutdown)."""
-        while self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
+        """Wait for the writes and invalidations in flight (tests, shutdown)."""
+        while self._writes or self._deleter is not None:
+            pending = [*self._writes, *([self._deleter] if self._deleter is not None else [])]
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def close(self) -> None:
+        """Reload to another URL, or shutdown: what is in flight goes out, nothing new starts."""
         await self.flush()
+        self._closed = True
         try:
             await self._cache.close()
         except Exception:  # closing a broken connection

@@ -213,6 +213,8 @@ class CacheStore(Protocol):
 
     remote: bool
 
+    def resize(self, max_size: int) -> None: ...
+
     def get(self, key: bytes, get_header: Callable[[str], str | None], now: float,
             explicit_only: bool = False) -> Entry | None: ...
 

@@ -394,6 +394,9 @@ class ClientConnection(asyncio.Protocol):
             self._up = None
             up.client = None
             up.abort()
+        fx = self._fx
+        if fx is not None:
+            fx.abort()  # a copy being stored is incomplete: its bytes go back to cache.max_size
         if self._pool is not None:
             self._pool.cancel_wait(self)
         if self._head is not None and self._ustate is not None and not self._resp_started:
@@ -415,6 +418,8 @@ class ClientConnection(asyncio.Protocol):
             up.transport.resume_reading()
         if self.deadline_kind == _STREAM and self._service is not None:
             self.deadline = self.server.loop.time() + self._service.policy.timeouts.idle
+        elif self._head is None and self._pending and not self._closed:
+            self._next_pending()  # pipelined requests held while the client did not read
 
     def pause_reading(self, reason: int) -> None:
         if not self._paused and not self._closed:
@@ -446,7 +451,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- request side (RequestReader sink) ----------------------------------------------
     def request_head(self, head: RequestHead) -> None:
-        if self._head is not None or self._pending:
+        if self._head is not None or self._pending or self._write_paused:
             if len(self._pending) >= _PIPELINE_MAX:
                 raise ProtocolError(503, "too many pipelined requests")
             pending = _Pending(head)
@@ -706,17 +711,25 @@ class ClientConnection(asyncio.Protocol):
         """Ask a remote cache (Redis) for this request; ``_fetched`` goes on from there.
         Pipelined requests queue behind it as behind any active request."""
         plan = fx.plan
-        assert plan is not None and fx.key is not None
-        task = self.server.loop.create_task(store.fetch(fx.key, head.header, self.server.loop.time(),
-                                                        plan.explicit_only))
+        assert plan is not None and fx.key is not None and self._service is not None
+        loop = self.server.loop
+        # the lookup counts against the upstream's answer time: a stuck one ends in a 504
+        self.deadline = loop.time() + self._service.response_timeout
+        self.deadline_kind = _UPSTREAM
+        task = loop.create_task(store.fetch(fx.key, head.header, loop.time(), plan.explicit_only))
         task.add_done_callback(partial(self._fetched, head))
 
     def _fetched(self, head: RequestHead, task: asyncio.Task) -> None:
-        if task.cancelled() or self._closed or self._head is not head:
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved even when nobody waits for the answer any more
+        if self._closed or self._head is not head:
             return
         fx = self._fx
         assert fx is not None
         try:
+            if error is not None:
+                raise error
             found = fx.settle(task.result(), head, self.server.loop.time())
             if found == "hit":
                 self._serve_entry(fx.entry, stale=False)
@@ -729,7 +742,7 @@ class ClientConnection(asyncio.Protocol):
             if self._resp_started or self._closed:
                 self._abort()
             else:
-                self._reject(500, "internal error")
+                self._local(500, "internal error", close=True)  # not _reject: this request is complete
             return
         self.flush()
 
@@ -1239,21 +1252,29 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         if self._pending:
-            nxt = self._pending.popleft()
-            if self._body_pending is nxt:
-                self._body_pending = None  # its body is still arriving: later chunks go to it directly
-            if len(self._pending) < _PIPELINE_LIMIT:
-                self.resume_reading(_BY_BUFFER)
-            self._start(nxt.head)
-            if self._head is nxt.head:
-                for chunk in nxt.body:
-                    self.request_body(chunk)
-                if nxt.done:
-                    self.request_end()
-            self.flush()
-            return
+            self.flush()  # the answer goes to the transport first: it says whether the client keeps up
+            if not self._write_paused:
+                self._next_pending()
+                return
+        # idle, or pipelined requests waiting for a client that does not read its answers
+        # (each would pile another response into our buffer): resume_writing goes on
         self.deadline = self.server.loop.time() + self.server.runtime.limits.idle_timeout
         self.deadline_kind = _IDLE
+        self.flush()
+
+    def _next_pending(self) -> None:
+        """Start the oldest pipelined request."""
+        nxt = self._pending.popleft()
+        if self._body_pending is nxt:
+            self._body_pending = None  # its body is still arriving: later chunks go to it directly
+        if len(self._pending) < _PIPELINE_LIMIT:
+            self.resume_reading(_BY_BUFFER)
+        self._start(nxt.head)
+        if self._head is nxt.head:
+            for chunk in nxt.body:
+                self.request_body(chunk)
+            if nxt.done:
+                self.request_end()
         self.flush()
 
     def _local(self, status: int, detail: str, close: bool = False, extra: bytes = b"") -> None:

@@ -212,7 +212,7 @@ class Server:
             self.cache_store = self._open_cache(policy)
             if current.remote:
                 self.loop.create_task(current.close())  # type: ignore[attr-defined]
-        elif isinstance(self.cache_store, MemoryStore) and old.max_size != new.max_size:
+        elif old.max_size != new.max_size:
             self.cache_store.resize(new.max_size)
 
     def _sync_tls(self, policy: Policy) -> dict[str, TlsTerminator]:

@@ -81,7 +81,10 @@ class SharedLimits:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(INTERVAL)
-            await self.report()
+            try:
+                await self.report()
+            except Exception as exc:  # an odd reply must not end the reports for good
+                self._failed(exc)
 
     async def report(self) -> None:
         """One round: every limit's takes since the last round, one script call per batch."""
@@ -96,8 +99,11 @@ class SharedLimits:
             except Exception as exc:  # Redis slow or gone: the takes stay local, limits per instance
                 self._failed(exc)
                 continue
+            if not isinstance(levels, list) or len(levels) != len(batch):
+                self._failed(ValueError(f"unexpected reply {type(levels).__name__}"))
+                continue
             now = self._loop.time()
-            for (key, _), level in zip(batch, levels, strict=False):
+            for (key, _), level in zip(batch, levels, strict=True):
                 try:
                     limiter.adopt(key, float(level), now)
                 except (TypeError, ValueError):

@@ -344,3 +344,14 @@ def test_unreported_takes_survive_a_reload() -> None:
     new.share()
     new.carry_over(old, 0.0)
     assert new.report(10) == [("a", 1)]
+
+
+def test_unreported_takes_are_bounded_like_the_buckets() -> None:
+    limiter = RateLimiter("api", RateLimit(rate=1.0, burst=3.0), max_keys=100)
+    limiter.share()
+    for n in range(1000):  # a flood of distinct keys while reports lag (or Redis is down)
+        limiter.take(f"k{n}", 0.0)
+    assert limiter.taken is not None and len(limiter.taken) == 100
+    limiter.take("k0", 0.0)  # a key already counted keeps counting
+    assert limiter.taken["k0"] == 2
+    assert [k for k, _ in limiter.report(3)] == ["k0", "k1", "k2"]  # oldest first

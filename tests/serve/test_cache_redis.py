@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import msgpack
 import pytest
 
 from tests.serve.test_features import get
@@ -25,6 +28,12 @@ def policy(port: int, up: DemoUpstream, redis_url: str, extra_service: str = "")
 def pair():
     with two_edges(policy, "shared") as (redis, up, a, b):
         yield {"a": a.port, "b": b.port, "redis": redis, "up": up, "edge_b": b}
+
+
+def redis_client(redis: RedisServer):
+    import redis as redis_py
+
+    return redis_py.Redis(host="127.0.0.1", port=redis.port)
 
 
 def stored(redis: RedisServer, target: str) -> bool:
@@ -143,3 +152,55 @@ def test_state_redis_url_serves_the_cache_too(tmp_path):
                     "state: {redis_url: 'redis://127.0.0.1:1/2'}\ncache: {backend: redis}\n")
     done = subprocess.run([sys.executable, "-m", "edge", "check", "-c", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def count_of(body: bytes) -> int:
+    return int(body.split()[1])
+
+
+def test_a_burst_of_concurrent_hits_is_answered_from_redis(pair):
+    a, redis = pair["a"], pair["redis"]
+    target = "/count?burst=1"
+    first = get(a, target, host="cache.test")[2]
+    wait_until(lambda: stored(redis, target), what="the entry in redis")
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        bodies = list(pool.map(lambda _: get(a, target, host="cache.test")[2], range(200)))
+    assert set(bodies) == {first}  # every one a hit: none went upstream
+    # the upstream saw only the first request and this one since
+    assert count_of(get(a, "/count?burst=2", host="cache.test")[2]) == count_of(first) + 1
+    # many keys at once: more lookups than connections to Redis wait for one, not miss
+    targets = [f"/count?burst=k{n}" for n in range(96)]
+    firsts = {t: get(a, t, host="cache.test")[2] for t in targets}
+    wait_until(lambda: all(stored(redis, t) for t in targets), what="every entry in redis")
+    with ThreadPoolExecutor(max_workers=96) as pool:
+        again = dict(zip(targets, pool.map(lambda t: get(a, t, host="cache.test")[2], targets), strict=True))
+    assert again == firsts
+
+
+def test_revalidation_refreshes_the_variant_it_read(pair):
+    a, b, redis = pair["a"], pair["b"], pair["redis"]
+    target = "/count?etag=1&cc=max-age%3D1&r=2"
+    get(a, target, host="cache.test")
+    wait_until(lambda: stored(redis, target), what="the entry in redis")
+    log = pair["edge_b"]
+    # fresh for 1 s: hits; then stale: b revalidates (the upstream answers 304)
+    wait_until(lambda: get(b, target, host="cache.test")[0] == 200 and any(
+        r.get("cache") == "revalidated" and "r=2" in r.get("path", "") for r in log.access_log()),
+        timeout=8, interval=0.2, what="a revalidation on b")
+    fields = redis_client(redis).hkeys(f"edge:cache:http|cache.test|{target}")
+    assert sorted(fields) == [b"", b"v"]  # the refreshed copy went back to its own field
+    assert get(a, target, host="cache.test")[1].get("age") in ("0", "1")  # fresh again, for a too
+
+
+def test_a_malformed_entry_in_redis_is_a_miss(pair):
+    a, redis = pair["a"], pair["redis"]
+    client = redis_client(redis)
+    bad = msgpack.packb([1, b"k", 200, b"OK", [b"X-Evil: 1\r\nInjected: yes\r\n"], [b"x-evil"], b"body",
+                         "not a time", 0, 60, 0, None, None, True, True, None, []])
+    for target, blob in (("/count?bad=1", bad), ("/count?bad=2", b"\x93\x01\x02"),
+                         ("/count?bad=3", msgpack.packb([1, b"k", "200"]))):
+        client.hset(f"edge:cache:http|cache.test|{target}", mapping={b"v": msgpack.packb([]), b"": blob})
+        started = time.monotonic()
+        status, headers, body = get(a, target, host="cache.test")
+        assert status == 200 and body.startswith(b"count ") and "injected" not in headers
+        assert time.monotonic() - started < 2  # answered from upstream at once, no hang
