@@ -302,3 +302,45 @@ def test_malformed_response_is_502():
     with pytest.raises(ProtocolError) as info:
         read_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
     assert info.value.status == 502
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bodies=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=12),
+)
+def test_keep_alive_responses_split_anywhere_keep_their_bodies(bodies, cuts):
+    """Responses back to back on one connection, cut into reads anywhere: each body arrives
+    whole (parsed, or passed through once its head's read is behind), then its end."""
+    stream = b"".join(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b) for b in bodies)
+    rec = Recorder()
+    reader = ResponseReader(rec)
+    position, pieces = 0, []
+    for cut in cuts:
+        if position >= len(stream):
+            break
+        pieces.append(stream[position : position + cut])
+        position += cut
+    pieces.append(stream[position:])
+    for piece in pieces:
+        if piece:
+            reader.feed(piece)
+    got, current = [], b""
+    for event in rec.events:
+        if event[0] == "body":
+            current += event[1]
+        elif event[0] == "end":
+            got.append(current)
+            current = b""
+    assert got == bodies
+
+
+def test_a_body_passed_through_ends_exactly_and_flags_what_follows():
+    rec = Recorder()
+    reader = ResponseReader(rec)
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n1234")  # the head's read: parsed
+    reader.feed(b"56")  # passed through
+    assert rec.events[-1] == ("body", b"123456") and not reader.ended  # (the recorder joins body events)
+    reader.feed(b"7890HTTP/1.1 200 OK\r\n")  # the end, and bytes of a message nobody asked for
+    assert rec.events[-2:] == [("body", b"1234567890"), ("end",)]
+    assert reader.ended and reader.trailing

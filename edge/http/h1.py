@@ -410,8 +410,8 @@ class _HeadOnly(Exception):
 class ResponseReader:
     """Parses upstream responses; the caller says when a response has no body (HEAD)."""
 
-    __slots__ = ("_head", "_head_size", "_in_head", "_lines", "_max_head", "_parser", "_raw", "_sink", "clean",
-                 "ended", "expect_no_body", "on_body", "trailing")
+    __slots__ = ("_begins", "_body_length", "_head", "_head_size", "_in_head", "_left", "_lines", "_max_head",
+                 "_parser", "_raw", "_sink", "clean", "ended", "expect_no_body", "on_body", "trailing")
 
     def __init__(self, sink: ResponseSink, max_header_size: int = 64 * 1024) -> None:
         self._sink = sink
@@ -427,13 +427,27 @@ class ResponseReader:
         self._raw = 0
         self.ended = False  # a final response completed during the current feed
         self.trailing = False  # ... and bytes of another message followed it in that feed
+        # Body pass-through: once a Content-Length body is known to continue past the read
+        # that carried its head, the following reads are counted down and handed to the sink
+        # as they are (no parser pass, no copy, no callback per chunk): _left bytes to go.
+        self._left = 0
+        self._body_length = -1  # Content-Length of a head completed during this feed
+        self._begins = 0  # messages begun during this feed
 
     def feed(self, data: bytes) -> int:
         """Parse ``data``; return -1, or the offset of tunnel bytes after a 101 head.
 
         Raises ProtocolError(502, ...) for a malformed response.
         """
+        left = self._left
+        if left:
+            return self._pass_body(data, left)
         self.ended = self.trailing = False
+        return self._parse(data)
+
+    def _parse(self, data: bytes) -> int:
+        self._begins = 0
+        self._body_length = -1
         if self._in_head:
             self._raw += len(data)
             if self._raw > self._max_head:
@@ -460,9 +474,38 @@ class ResponseReader:
             raise ProtocolError(502, "malformed upstream response: " + _reason(exc)) from None
         if self._in_head and self._head_size + sum(map(len, self._lines)) > self._max_head:
             raise ProtocolError(502, "upstream response head too large")  # a head still open after this read
+        length = self._body_length
+        if length > 0:
+            self._body_length = -1
+            if not self.ended and self._begins == 1 and data.startswith(b"HTTP/1."):
+                # the read began with this head (strict CRLF framing: its first blank line ends it)
+                end = data.find(b"\r\n\r\n")
+                if end >= 0:
+                    left = length - (len(data) - end - 4)
+                    if left > 0:
+                        self._left = left
         return -1
 
+    def _pass_body(self, data: bytes, left: int) -> int:
+        """The rest of a Content-Length body, straight to the sink; what follows it is parsed."""
+        self.ended = self.trailing = False
+        size = len(data)
+        if size < left:
+            self._left = left - size
+            self._sink.response_body(data)
+            return -1
+        self._left = 0
+        self._sink.response_body(data if size == left else data[:left])
+        # the parser stopped mid-body: a fresh one reads whatever comes after this response
+        self._parser = httptools.HttpResponseParser(self)
+        self.ended = True
+        self._sink.response_end()
+        if size == left:
+            return -1
+        return self._parse(data[left:])  # ``ended`` stays: a message starting there is trailing
+
     def on_message_begin(self) -> None:
+        self._begins += 1
         if self.ended:
             self.trailing = True  # another message started right behind a complete response
         self._head = head = ResponseHead()
@@ -531,6 +574,9 @@ class ResponseReader:
         self._sink.response_head(head)
         if self.expect_no_body and head.status >= 200:
             raise _HeadOnly()
+        length = head.content_length
+        if length and not head.chunked and head.status >= 200:
+            self._body_length = length
 
     def on_message_complete(self) -> None:
         head = self._head
