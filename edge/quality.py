@@ -27,6 +27,7 @@ import math
 import zlib
 from collections import OrderedDict
 
+from edge.http.h1 import is_common_request_header
 from edge.policy.model import QualityProfile, Tier
 
 __all__ = [
@@ -336,8 +337,8 @@ class _Condition:
 class TierChooser:
     """A profile compiled once per policy load; ``choose`` is the per-request call."""
 
-    __slots__ = ("_conditions", "_unsignalled", "default", "header_lines", "header_name", "lheader", "profile", "tiers",
-                 "vary", "vary_line")
+    __slots__ = ("_conditions", "_unsignalled", "default", "header_is_common", "header_lines", "header_name", "lheader",
+                 "profile", "tiers", "vary", "vary_line")
 
     def __init__(self, profile: QualityProfile) -> None:
         self.profile = profile
@@ -347,6 +348,9 @@ class TierChooser:
         self.default = profile.tiers[-1]
         self.header_name = profile.upstream_header
         self.lheader = profile.upstream_header.lower().encode("latin-1")
+        # a tier header named like a header the HTTP/1.1 parser files as common (odd, but
+        # possible): a client-sent one cannot be told by RequestHead.rare, so always look
+        self.header_is_common = is_common_request_header(self.lheader)
         # Pre-encoded ``X-Edge-Quality: NAME\r\n`` per tier name, for upstream and the client.
         self.header_lines = {
             t.name: f"{profile.upstream_header}: {t.name}\r\n".encode("latin-1") for t in profile.tiers

@@ -344,3 +344,44 @@ def test_a_body_passed_through_ends_exactly_and_flags_what_follows():
     reader.feed(b"7890HTTP/1.1 200 OK\r\n")  # the end, and bytes of a message nobody asked for
     assert rec.events[-2:] == [("body", b"1234567890"), ("end",)]
     assert reader.ended and reader.trailing
+
+
+class _Heads:
+    def __init__(self) -> None:
+        self.heads = []
+
+    def request_head(self, head):
+        self.heads.append(head)
+
+    def request_body(self, data):
+        pass
+
+    def request_end(self):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("extra", "rare"),
+    [
+        (b"User-Agent: curl\r\nAccept: */*\r\nX-Forwarded-For: 1.2.3.4\r\nConnection: keep-alive\r\n", False),
+        (b"Save-Data: on\r\n", True),
+        (b"downlink: 1.5\r\n", True),
+        (b"X-Edge-Quality: high\r\n", True),
+    ],
+)
+def test_a_head_with_a_header_outside_the_common_set_is_marked_rare(extra, rare):
+    sink = _Heads()
+    RequestReader(sink, 32 * 1024).feed(b"GET / HTTP/1.1\r\nHost: h\r\n" + extra + b"\r\n")
+    head = sink.heads[0]
+    assert head.rare is rare
+    # whatever the path, names stay parallel to the lines
+    assert head.names == [line[: line.index(b":")].lower() for line in head.lines]
+
+
+def test_common_request_headers_are_known_as_such():
+    from edge.http.h1 import is_common_request_header
+
+    for name in (b"accept", b"host", b"connection", b"x-forwarded-for", b"content-length", b"cookie"):
+        assert is_common_request_header(name)
+    for name in (b"x-edge-quality", b"save-data", b"downlink", b"ect", b"rtt"):
+        assert not is_common_request_header(name)

@@ -301,9 +301,12 @@ _REQUEST_NAMES = frozenset(
 
 def request_plan_from_head(head) -> RequestPlan:
     """``request_plan`` over a ``RequestHead``: one pass over its header names."""
+    names = head.names
+    if _REQUEST_NAMES.isdisjoint(names):  # a plain GET or HEAD: one C-level pass
+        method = head.method
+        return PLAIN_GET if method == b"GET" else PLAIN_HEAD if method == b"HEAD" else BYPASS
     cache_control = pragma = None
     authorization = cookie = range_ = other = False
-    names = head.names
     for index, name in enumerate(names):
         if name not in _REQUEST_NAMES:
             continue

@@ -50,6 +50,7 @@ class Entry:
     Content-Length, Age and hop-by-hop fields; ``chunks`` its whole body."""
 
     __slots__ = (
+        "_block",
         "body_size",
         "chunks",
         "cost",
@@ -78,6 +79,7 @@ class Entry:
         self.status = status
         self.reason = reason
         self.lines = lines
+        self._block: bytes | None = None  # the lines joined, made on the first hit
         self.names = names
         self.chunks: list[bytes] = []
         self.body_size = 0
@@ -133,6 +135,14 @@ class Entry:
         if stale:
             out.append(_WARNING_STALE)
         return out
+
+    def head_block(self, now: float) -> bytes:
+        """``head_lines`` of a fresh hit as one bytes object: the stored lines are joined once
+        per entry, and only ``Age`` is made per hit."""
+        block = self._block
+        if block is None:
+            block = self._block = b"".join(self.lines)
+        return block + b"Age: %d\r\n" % int(self.age(now))
 
     def not_modified_lines(self, now: float) -> list[bytes]:
         """Header lines of a 304 answered from this entry."""
@@ -314,6 +324,7 @@ class MemoryStore:
         old = _lines_size(entry.lines)
         new = _lines_size(lines)
         entry.lines = lines
+        entry._block = None
         entry.names = names
         entry._apply(plan, now)
         if self._entries.get(entry.vkey) is entry:

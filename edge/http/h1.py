@@ -72,6 +72,14 @@ _PLAIN_REQUEST = _plain_names(_COMMON + """ User-Agent Accept Accept-Language Ac
     Upgrade-Insecure-Requests Sec-Fetch-Site Sec-Fetch-Mode Sec-Fetch-Dest Sec-Fetch-User Sec-CH-UA Sec-CH-UA-Mobile
     Sec-CH-UA-Platform Priority X-Requested-With Sec-WebSocket-Key Sec-WebSocket-Version Sec-WebSocket-Extensions
     Sec-WebSocket-Protocol""")
+
+
+def is_common_request_header(lname: bytes) -> bool:
+    """Whether the request parser files ``lname`` without marking the head ``rare``."""
+    return lname in _PLAIN_REQUEST or lname in _LENGTH_NAMES or lname == b"host" or lname in HOP_BY_HOP or (
+        lname in FORWARDING) or lname == b"expect"
+
+
 _PLAIN_RESPONSE = _plain_names(_COMMON + """ X-Content-Type-Options X-Frame-Options X-XSS-Protection
     Strict-Transport-Security Content-Security-Policy Referrer-Policy Permissions-Policy Access-Control-Allow-Origin
     Access-Control-Allow-Credentials Access-Control-Expose-Headers X-Powered-By Alt-Svc WWW-Authenticate Retry-After
@@ -106,6 +114,7 @@ class RequestHead:
         "keep_alive",
         "lines",
         "method",
+        "rare",
         "target",
         "upgrade",
         "version",
@@ -121,6 +130,9 @@ class RequestHead:
         self.host: bytes | None = None
         self.lines: list[bytes] = []  # end-to-end header lines, CRLF included
         self._names: list[bytes] | None = None  # see ``names``
+        # a forwarded header outside the common set arrived (client hints, a client-sent
+        # tier header...): without one, code looking for such headers can skip the scan
+        self.rare = False
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
@@ -159,10 +171,12 @@ class RequestHead:
 
 
 def _names_of(head: RequestHead | ResponseHead) -> list[bytes]:
-    """``head.names`` on first use: the parsers keep only the lines (a name never contains ':')."""
+    """``head.names`` on first use: the parsers keep only the lines (a name never contains ':').
+    ``partition`` is the cheapest split here (1.0 us for 6 lines, ``index`` + slice 1.7 us,
+    a regex over the joined lines 1.6 us)."""
     names = head._names
     if names is None:
-        names = head._names = [line[: line.index(b":")].lower() for line in head.lines]
+        names = head._names = [line.partition(b":")[0].lower() for line in head.lines]
     return names
 
 
@@ -297,6 +311,7 @@ class RequestReader:
                 raise ProtocolError(417, "unsupported expectation")
         else:
             head.lines.append(name + b": " + value + b"\r\n")
+            head.rare = True
         self._head_size += size
 
     def on_headers_complete(self) -> None:

@@ -28,6 +28,7 @@ from edge.cache.store import CacheStore, Entry, EntryWriter
 from edge.http.h1 import RequestHead, ResponseHead
 from edge.quality import (
     ACCEPT_CH_LINE,
+    NO_HINTS,
     ClientHints,
     ClientMeasurements,
     GzipStream,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from edge.policy.model import Tier
 
 __all__ = ["Features", "tcp_rtt", "unacked_bytes"]
+
+_CONDITIONAL_NAMES = frozenset({b"if-none-match", b"if-modified-since"})
 
 # Statuses whose responses never have a body (RFC 9110 6.4.1). A storable one (a 204: cacheable
 # by default, 15.3.5, and kept by Varnish too) is complete at its head, so its copy is committed
@@ -112,10 +115,17 @@ class Features:
     def choose_tier(self, chooser: TierChooser, head: RequestHead, clients: ClientMeasurements, client: str,
                     now: float) -> None:
         """Pick the tier and put it in the upstream request (a client-sent value is replaced)."""
-        tier = chooser.choose(ClientHints.from_head(head), clients.get(client, now), now)
+        if head.rare or chooser.header_is_common:  # hints, or a client-sent tier header, may be there
+            tier = chooser.choose(ClientHints.from_head(head), clients.get(client, now), now)
+            set_header(head.lines, head.names, chooser.lheader, chooser.header_lines[tier.name])
+        else:  # only common headers arrived: no hints, nothing to replace (no names list needed)
+            tier = chooser.choose(NO_HINTS, clients.get(client, now), now)
+            line = chooser.header_lines[tier.name]
+            head.lines.append(line)
+            if head._names is not None:
+                head._names.append(chooser.lheader)
         self.chooser = chooser
         self.tier = tier
-        set_header(head.lines, head.names, chooser.lheader, chooser.header_lines[tier.name])
 
     def lookup(self, store: CacheStore, head: RequestHead, scheme: bytes, ttl: float, now: float) -> str:
         """'hit' (answer from ``self.entry``), 'miss' (forward), 'only-if-cached' (504), or
@@ -131,8 +141,9 @@ class Features:
         if not plan.lookup:
             self.cache_status = "bypass"
             return "miss"
-        self.inm = head.header("if-none-match")
-        self.ims = head.header("if-modified-since")
+        if not _CONDITIONAL_NAMES.isdisjoint(head.names):  # the client's own conditionals, if any
+            self.inm = head.header("if-none-match")
+            self.ims = head.header("if-modified-since")
         key = self.key = cache_key(head.host or b"", head.target, self.tier.name if self.tier else None, scheme)
         if store.remote:
             return "fetch"  # the shell awaits store.fetch, then calls settle
@@ -164,10 +175,11 @@ class Features:
             data = b"HTTP/1.1 304 Not Modified\r\n%s%s%s%s\r\n" % (b"".join(lines), self._tier_lines(), extra,
                                                                      connection)
             return 304, data, [], 0
-        lines = entry.head_lines(now, stale=stale)
+        block = b"".join(entry.head_lines(now, stale=True)) if stale else entry.head_block(now)
         length = b"" if entry.status == 204 else b"Content-Length: %d\r\n" % entry.body_size  # RFC 9110 8.6
-        data = b"HTTP/1.1 %d %s\r\n%s%s%s%s%s\r\n" % (
-            entry.status, entry.reason, b"".join(lines), self._tier_lines(), length, extra, connection)
+        tier = self._tier_lines() if self.chooser is not None else b""
+        data = b"HTTP/1.1 %d %s\r\n%s%s%s%s%s\r\n" % (entry.status, entry.reason, block, tier, length, extra,
+                                                     connection)
         chunks = [] if head.method == b"HEAD" else entry.chunks
         return entry.status, data, chunks, entry.body_size
 
@@ -231,6 +243,31 @@ class Features:
         tier = self.tier
         if chooser is None or tier is None:
             return
+        if tier.compress or rh._names is not None:
+            self._tier_head_by_names(rh, head, chooser, tier)
+        else:
+            self._tier_head(rh, chooser, tier)
+        if tier.max_rate:
+            self.pacer = Pacer(tier.max_rate, now)
+
+    def _tier_head(self, rh: ResponseHead, chooser: TierChooser, tier: Tier) -> None:
+        """The tier's lines on a response nobody has listed the header names of: two C-level
+        searches of the lowered head instead of a names list (the common quality path)."""
+        lines = rh.lines
+        blob = b"\n" + b"".join(lines).lower()
+        if rh.status >= 200:
+            start = blob.find(b"\ncontent-type:")
+            if start >= 0:
+                end = blob.find(b"\r", start)
+                if b"html" in blob[start:end] and is_html(blob[start + 14 : end].decode("latin-1")):
+                    lines.append(ACCEPT_CH_LINE)
+        lines.append(chooser.header_lines[tier.name])
+        if b"\nvary:" in blob:
+            merge_vary(lines, rh.names, chooser.vary)  # names made here, for the merge
+        elif chooser.vary:  # the common case: no Vary from the upstream, so one line made once
+            lines.append(chooser.vary_line)
+
+    def _tier_head_by_names(self, rh: ResponseHead, head: RequestHead, chooser: TierChooser, tier: Tier) -> None:
         lines, names = rh.lines, rh.names
         if rh.status >= 200:
             encoding = should_compress(head.header("accept-encoding"), rh, True) if tier.compress else None
@@ -252,8 +289,6 @@ class Features:
             lines.append(chooser.vary_line)
             names.append(b"vary")
         rh.lines, rh.names = lines, names
-        if tier.max_rate:
-            self.pacer = Pacer(tier.max_rate, now)
 
     def body(self, data: bytes) -> bytes:
         """Store the upstream's bytes (uncompressed), return what goes to the client."""

@@ -86,6 +86,7 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool, max_heade
     then chunked); ``head.content_length`` is the client's announced length, if any.
     """
     head = RequestHead()
+    head.rare = True  # h2 heads are not sorted into common and rare headers: look at every one
     method = scheme = path = authority = None
     host: bytes | None = None
     cookies: list[bytes] | None = None
@@ -221,6 +222,7 @@ def checked_request_head(headers: list[tuple[bytes, bytes]], end_stream: bool, m
             _checked.clear()
         _checked[key] = checked
     head = RequestHead()
+    head.rare = True  # see request_head
     head.method = checked.method
     head.target = checked.target
     head.host = checked.host

@@ -68,6 +68,7 @@ _PRE_BUFFER_LIMIT = 256 * 1024  # body buffered while the upstream connects; bey
 _PIPELINE_LIMIT = 16  # queued pipelined requests before we stop reading the client
 _TLS_RECORD = 16384  # TLS plaintext record limit (RFC 8446 5.1): what one write may join
 _PIPELINE_MAX = 128  # parsed from reads already in hand beyond that: the client is flooding us
+_MEASURE_FROM = 65536  # response bytes below which a drain says nothing about the link
 _DRAIN_CHECK = 0.2  # seconds between looks at a large response's delivery (quality routes only)
 _DRAIN_GIVE_UP = 30.0
 
@@ -609,6 +610,8 @@ class ClientConnection(asyncio.Protocol):
         """The real client address (forwarding headers believed only from trusted proxies)."""
         client = self._client
         if client is None:
+            if not self.trusted:  # forwarding headers count only from trusted proxies
+                return self.peer
             head = self._head
             assert head is not None and self._rt is not None
             client = self._client = real_client_ip(head, self.peer, self._rt.trusted)
@@ -1051,9 +1054,10 @@ class ClientConnection(asyncio.Protocol):
             return
         fx = self._fx
         if fx is not None:
-            data = fx.body(data)
-            if not data:
-                return
+            if fx.writer is not None or fx.gzip is not None:  # storing or compressing
+                data = fx.body(data)
+                if not data:
+                    return
             if fx.pacer is not None:
                 self._pace(fx.pacer, len(data))
         self._bytes += len(data)
@@ -1071,11 +1075,13 @@ class ClientConnection(asyncio.Protocol):
             return  # 1xx interim responses end here too
         fx = self._fx
         if fx is not None and not self._resp_no_body:
-            tail = fx.end()
-            if tail:
-                self._bytes += len(tail)
-                self._out.append(b"%x\r\n%s\r\n" % (len(tail), tail) if self._resp_chunked else tail)
-            self._measure(fx)
+            if fx.writer is not None or fx.gzip is not None:
+                tail = fx.end()
+                if tail:
+                    self._bytes += len(tail)
+                    self._out.append(b"%x\r\n%s\r\n" % (len(tail), tail) if self._resp_chunked else tail)
+            if self._bytes >= _MEASURE_FROM:
+                self._measure(fx)
         if self._resp_chunked:
             self._out.append(b"0\r\n\r\n")
         up = self._up
@@ -1126,7 +1132,7 @@ class ClientConnection(asyncio.Protocol):
         such rate counts once the queue is empty.
         """
         tier = fx.tier
-        if tier is None or self._bytes < 65536:
+        if tier is None or self._bytes < _MEASURE_FROM:
             return
         # A connection about to close hands its fd back at once while the kernel still sends:
         # a duplicate keeps the socket observable (its FIN waits for the last check).

@@ -213,6 +213,12 @@ def test_boundaries_are_strict() -> None:
     assert names(ClientHints(downlink=5 * MBPS, rtt=0.150)) == "high"  # not *above* 150ms
 
 
+def test_a_tier_header_named_like_a_common_one_is_always_looked_for() -> None:
+    assert not TierChooser(ADAPTIVE).header_is_common  # X-Edge-Quality
+    odd = QualityProfile(tiers=ADAPTIVE.tiers, upstream_header="Accept-Language")
+    assert TierChooser(odd).header_is_common
+
+
 def test_a_remembered_choice_follows_new_samples() -> None:
     clients = ClientMeasurements(min_seconds=0.0)
     chooser, other = TierChooser(ADAPTIVE), TierChooser(ADAPTIVE)
