@@ -251,8 +251,8 @@ class Features:
             self.pacer = Pacer(tier.max_rate, now)
 
     def _tier_head(self, rh: ResponseHead, chooser: TierChooser, tier: Tier) -> None:
-        """The tier's lines on a response nobody has listed the header names of: two C-level
-        searches of the lowered head instead of a names list (the common quality path)."""
+        """The tier's lines on a response nobody has listed the header names of: one C-level
+        search of the lowered head instead of a names list (the common quality path)."""
         lines = rh.lines
         blob = b"\n" + b"".join(lines).lower()
         if rh.status >= 200:
@@ -262,9 +262,9 @@ class Features:
                 if b"html" in blob[start:end] and is_html(blob[start + 14 : end].decode("latin-1")):
                     lines.append(ACCEPT_CH_LINE)
         lines.append(chooser.header_lines[tier.name])
-        if b"\nvary:" in blob:
-            merge_vary(lines, rh.names, chooser.vary)  # names made here, for the merge
-        elif chooser.vary:  # the common case: no Vary from the upstream, so one line made once
+        if chooser.vary:
+            # a Vary line of our own even when the upstream sent one: Vary is a list, and two
+            # field lines mean their joined values (RFC 9110 5.3); the cache path merges instead
             lines.append(chooser.vary_line)
 
     def _tier_head_by_names(self, rh: ResponseHead, head: RequestHead, chooser: TierChooser, tier: Tier) -> None:
