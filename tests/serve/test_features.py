@@ -346,7 +346,8 @@ def test_pipelined_cache_hits_wait_while_the_client_reads_nothing():
 
 
 def test_the_upstream_vary_and_the_tier_vary_both_reach_the_client(stack):
-    raw = raw_exchange(stack["port"], b"GET /count?vary=Accept-Language HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    request = b"GET /count?vary=Accept-Language HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    raw = raw_exchange(stack["port"], request)
     head = raw.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
     tokens = {t.strip() for line in head.split("\r\n") if line.startswith("vary:")
               for t in line[5:].split(",")}
