@@ -17,7 +17,9 @@ D=$(mktemp -d /tmp/edge-fixed-work.XXXX)
 chmod 755 "$D"; mkdir -p "$D/www"
 "$PY" -c "import sys; d=sys.argv[1]; open(d+'/www/small','wb').write((b'edge bench ' * 10)[:99] + b'\n'); \
 open(d+'/www/64k','wb').write(bytes(range(256)) * 256)" "$D"
-P0=$((20000 + RANDOM % 20000)); O1=$((P0+1)); O2=$((P0+2)); AD=$((P0+3))
+# four free ports from the kernel (not a guess that could take a port another process picked)
+read -r P0 O1 O2 AD < <("$PY" -c "import socket; s=[socket.socket() for _ in range(4)]; \
+[x.bind(('127.0.0.1', 0)) for x in s]; print(*[x.getsockname()[1] for x in s])")
 sed -e "s#\${dir}#$D#g" -e "s#\${origin_port1}#$O1#g" -e "s#\${origin_port2}#$O2#g" \
     "$ROOT/bench/configs/origin-nginx.conf" > "$D/origin.conf"
 sed -e "s#\${port}#$P0#g" -e "s#\${admin_port}#$AD#g" -e "s#\${origin_port1}#$O1#g" -e "s#\${origin_port2}#$O2#g" \
