@@ -113,7 +113,15 @@ def test_a_copy_stored_over_http1_is_a_hit_over_h2_and_back(site: Site) -> None:
 def test_unsafe_method_over_h2_invalidates(site: Site) -> None:
     before = site.curl("/count?purge=1", host="cache.localhost")[1]
     assert site.curl("/count?purge=1", host="cache.localhost")[1] == before
-    site.curl("/count?purge=1", "-X", "POST", "--data", "x", host="cache.localhost")
+    # edge may answer before it has read the body (the upstream did not wait for it) and then
+    # stop the upload with RST_STREAM(NO_ERROR) (RFC 9113 8.1); curl 7.88 reports that as
+    # error 92 when it races with its own DATA frame, so the POST's exit status is not the test
+    post = subprocess.run(
+        ["curl", "-sS", "--http2", "--cacert", str(site.pki.root), "-H", "Host: cache.localhost", "-X", "POST",
+         "--data", "x", f"https://localhost:{site.port}/count?purge=1"],
+        capture_output=True, timeout=30, check=False,
+    )
+    assert post.returncode in (0, 92), post.stderr
     assert site.curl("/count?purge=1", host="cache.localhost")[1] != before
 
 
