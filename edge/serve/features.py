@@ -10,6 +10,7 @@ header lines and response bytes and never touches a transport.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import socket
 import struct
@@ -37,7 +38,6 @@ from edge.quality import (
     compressed_head,
     compression_level,
     is_html,
-    merge_vary,
     set_header,
     should_compress,
 )
@@ -146,8 +146,16 @@ class Features:
             self.ims = head.header("if-modified-since")
         key = self.key = cache_key(head.host or b"", head.target, self.tier.name if self.tier else None, scheme)
         if store.remote:
-            return "fetch"  # the shell awaits store.fetch, then calls settle
+            if head.has_body():  # a GET with a body: not worth a round trip
+                return self.settle(None, head, now)
+            return "fetch"  # the shell awaits ``fetch``'s task, then calls settle
         return self.settle(store.get(key, head.header, now, plan.explicit_only), head, now)
+
+    def fetch(self, store: CacheStore, head: RequestHead, loop: asyncio.AbstractEventLoop) -> asyncio.Task:
+        """The remote store's lookup for this request, as a task (``lookup`` said 'fetch')."""
+        plan = self.plan
+        assert plan is not None and self.key is not None
+        return loop.create_task(store.fetch(self.key, head.header, loop.time(), plan.explicit_only))
 
     def settle(self, entry: Entry | None, head: RequestHead, now: float) -> str:
         """What the looked-up ``entry`` (None: a miss) means for this request: 'hit', 'miss'
@@ -206,10 +214,8 @@ class Features:
         chooser = self.chooser
         if chooser is None or self.tier is None:
             return []
-        lines = [chooser.header_lines[self.tier.name]]
-        names = [chooser.lheader]
-        merge_vary(lines, names, chooser.vary)
-        return lines
+        line = chooser.header_lines[self.tier.name]
+        return [line, chooser.vary_line] if chooser.vary else [line]
 
     # -- response side ------------------------------------------------------------------------
     def revalidated(self, rh: ResponseHead, store: CacheStore, now: float, wall: float) -> Entry | None:
@@ -243,52 +249,42 @@ class Features:
         tier = self.tier
         if chooser is None or tier is None:
             return
-        if tier.compress or rh._names is not None:
-            self._tier_head_by_names(rh, head, chooser, tier)
-        else:
-            self._tier_head(rh, chooser, tier)
+        self._tier_head(rh, head, chooser, tier)
         if tier.max_rate:
             self.pacer = Pacer(tier.max_rate, now)
 
-    def _tier_head(self, rh: ResponseHead, chooser: TierChooser, tier: Tier) -> None:
-        """The tier's lines on a response nobody has listed the header names of: one C-level
-        search of the lowered head instead of a names list (the common quality path)."""
+    def _tier_head(self, rh: ResponseHead, head: RequestHead, chooser: TierChooser, tier: Tier) -> None:
+        """gzip if the tier compresses, then Accept-CH (HTML only), the tier and its Vary.
+
+        Our Vary is a line of its own even when the upstream sent one: Vary is a list, and
+        two field lines mean their joined values (RFC 9110 5.3). The content type is found by
+        one search of the lowered head, so no names list is made for it; one already made
+        (the cache read the head) is kept in step."""
+        if tier.compress and rh.status >= 200:
+            encoding = should_compress(head.header("accept-encoding"), rh, True)
+            if encoding == "gzip" and head.method != b"HEAD":
+                rh.lines, rh.names = compressed_head(rh.lines, rh.names)
+                rh.content_length = None
+                rh.chunked = True
+                self.gzip = GzipStream(compression_level(tier))
         lines = rh.lines
-        blob = b"\n" + b"".join(lines).lower()
+        names = rh._names
         if rh.status >= 200:
+            blob = b"\n" + b"".join(lines).lower()
             start = blob.find(b"\ncontent-type:")
             if start >= 0:
                 end = blob.find(b"\r", start)
                 if b"html" in blob[start:end] and is_html(blob[start + 14 : end].decode("latin-1")):
                     lines.append(ACCEPT_CH_LINE)
+                    if names is not None:
+                        names.append(b"accept-ch")
         lines.append(chooser.header_lines[tier.name])
-        if chooser.vary:
-            # a Vary line of our own even when the upstream sent one: Vary is a list, and two
-            # field lines mean their joined values (RFC 9110 5.3); the cache path merges instead
+        if names is not None:
+            names.append(chooser.lheader)
+        if chooser.vary:  # the line is made once per profile
             lines.append(chooser.vary_line)
-
-    def _tier_head_by_names(self, rh: ResponseHead, head: RequestHead, chooser: TierChooser, tier: Tier) -> None:
-        lines, names = rh.lines, rh.names
-        if rh.status >= 200:
-            encoding = should_compress(head.header("accept-encoding"), rh, True) if tier.compress else None
-            if encoding == "gzip" and head.method != b"HEAD":
-                lines, names = compressed_head(lines, names)
-                rh.content_length = None
-                rh.chunked = True
-                self.gzip = GzipStream(compression_level(tier))
-            if b"content-type" in names:
-                index = names.index(b"content-type")
-                if b"html" in lines[index].lower() and is_html(_value(lines, names, b"content-type")):
-                    lines.append(ACCEPT_CH_LINE)
-                    names.append(b"accept-ch")
-        lines.append(chooser.header_lines[tier.name])
-        names.append(chooser.lheader)
-        if b"vary" in names:
-            merge_vary(lines, names, chooser.vary)
-        elif chooser.vary:  # the common case: no Vary from the upstream, so one line made once
-            lines.append(chooser.vary_line)
-            names.append(b"vary")
-        rh.lines, rh.names = lines, names
+            if names is not None:
+                names.append(b"vary")
 
     def body(self, data: bytes) -> bytes:
         """Store the upstream's bytes (uncompressed), return what goes to the client."""
@@ -313,12 +309,6 @@ class Features:
             self.writer = None
             writer.abandon()
 
-
-def _value(lines: list[bytes], names: list[bytes], lname: bytes) -> str | None:
-    for index, name in enumerate(names):
-        if name == lname:
-            return lines[index][len(name) + 1 : -2].strip().decode("latin-1")
-    return None
 
 
 def _pairs(lines: list[bytes]) -> list[tuple[bytes, bytes]]:

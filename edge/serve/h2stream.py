@@ -290,10 +290,8 @@ class H2Stream:
         store = server.cache_store
         found = fx.lookup(store, head, conn.proto, route.cache_ttl, now)
         if found == "fetch":
-            if not head.has_body():
-                self._fetch(store, fx, head)
-                return False
-            found = fx.settle(None, head, now)  # a GET with a body: not worth a round trip
+            self._fetch(store, fx, head)
+            return False
         if found == "hit":
             self._serve_entry(fx.entry, stale=False)
             return False
@@ -305,15 +303,14 @@ class H2Stream:
     def _fetch(self, store, fx: Features, head: RequestHead) -> None:
         """Ask a remote cache (Redis) for this request; ``_fetched`` goes on from there.
         The upstream's response timeout bounds the wait (then 504)."""
-        plan = fx.plan
-        assert plan is not None and fx.key is not None
-        loop = self.conn.server.loop
         self._wait_upstream()
-        task = loop.create_task(store.fetch(fx.key, head.header, loop.time(), plan.explicit_only))
-        task.add_done_callback(self._fetched)
+        fx.fetch(store, head, self.conn.server.loop).add_done_callback(self._fetched)
 
     def _fetched(self, task: asyncio.Task) -> None:
-        if task.cancelled() or self.done or self.resp_started:
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved even when nobody waits for the answer any more
+        if self.done or self.resp_started:
             return
         fx = self.fx
         head = self.head
@@ -321,6 +318,8 @@ class H2Stream:
         self.deadline = _INF
         self.kind = _NONE
         try:
+            if error is not None:
+                raise error
             found = fx.settle(task.result(), head, self.conn.server.loop.time())
             if found == "hit":
                 self._serve_entry(fx.entry, stale=False)

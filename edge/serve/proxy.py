@@ -698,10 +698,8 @@ class ClientConnection(asyncio.Protocol):
             store = server.cache_store
             found = fx.lookup(store, head, self.proto, route.cache_ttl, now)
             if found == "fetch":
-                if not head.has_body():
-                    self._fetch(store, fx, head)
-                    return False
-                found = fx.settle(None, head, now)  # a GET with a body: not worth a round trip
+                self._fetch(store, fx, head)
+                return False
             if found == "hit":
                 self._serve_entry(fx.entry, stale=False)
                 return False
@@ -713,14 +711,12 @@ class ClientConnection(asyncio.Protocol):
     def _fetch(self, store, fx: Features, head: RequestHead) -> None:
         """Ask a remote cache (Redis) for this request; ``_fetched`` goes on from there.
         Pipelined requests queue behind it as behind any active request."""
-        plan = fx.plan
-        assert plan is not None and fx.key is not None and self._service is not None
+        assert self._service is not None
         loop = self.server.loop
         # the lookup counts against the upstream's answer time: a stuck one ends in a 504
         self.deadline = loop.time() + self._service.response_timeout
         self.deadline_kind = _UPSTREAM
-        task = loop.create_task(store.fetch(fx.key, head.header, loop.time(), plan.explicit_only))
-        task.add_done_callback(partial(self._fetched, head))
+        fx.fetch(store, head, loop).add_done_callback(partial(self._fetched, head))
 
     def _fetched(self, head: RequestHead, task: asyncio.Task) -> None:
         if task.cancelled():

@@ -15,18 +15,11 @@ import pytest
 
 from tests.h2.client import H2Client
 from tests.h2.conftest import Pki
+from tests.serve.test_features import PROFILE
 from tests.support.procs import DemoUpstream, Edge, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 
-PROFILE = """
-quality_profiles:
-  adaptive:
-    tiers:
-      - {name: low, when: {save_data: true}, max_rate: 8mbps, compress: true}
-      - {name: medium, when: {downlink_below: 10mbps}, compress: true}
-      - {name: high}
-"""
 
 
 def tls_listener(port: int, pki: Pki) -> str:
@@ -250,18 +243,24 @@ def test_redis_backend_hit_over_h2(pki: Pki) -> None:
         redis.stop()
 
 
+def small_cache_edge(pki: Pki, upstream: str) -> tuple[Edge, int]:
+    """edge over TLS with a 64 KiB cache and one cached route for cache.localhost."""
+    port = free_port()
+    edge = Edge(
+        "version: 1\ncache: {max_size: 64KiB}\n" + tls_listener(port, pki)
+        + f"services: {{s: {{upstreams: [{{url: '{upstream}'}}]}}}}\n"
+        "routes: [{host: cache.localhost, service: s, cache: {ttl: 60s}}]\n",
+        port,
+    )
+    return edge, port
+
+
 def test_204s_over_h2_never_use_up_the_cache(pki: Pki) -> None:
     """An h2 stream ends at a 204's HEADERS (END_STREAM), so nothing calls the cache glue's
     ``end``: the copy is committed at the head. Before, each 204 held ~665 bytes of
     ``cache.max_size`` for ever, until nothing could be stored any more."""
     up = DemoUpstream("h2nocontent")
-    port = free_port()
-    edge = Edge(
-        "version: 1\ncache: {max_size: 64KiB}\n" + tls_listener(port, pki)
-        + f"services: {{s: {{upstreams: [{{url: '{up.url}'}}]}}}}\n"
-        "routes: [{host: cache.localhost, service: s, cache: {ttl: 60s}}]\n",
-        port,
-    )
+    edge, port = small_cache_edge(pki, up.url)
     client = H2Client(port, str(pki.root))
 
     def get(path: str):
@@ -287,13 +286,7 @@ def test_streams_reset_mid_body_give_their_copies_bytes_back(pki: Pki) -> None:
     from tests.serve.test_features import _half_body_upstream
 
     up = _half_body_upstream()
-    port = free_port()
-    edge = Edge(
-        "version: 1\ncache: {max_size: 64KiB}\n" + tls_listener(port, pki)
-        + f"services: {{s: {{upstreams: [{{url: '{up.url}'}}]}}}}\n"
-        "routes: [{host: cache.localhost, service: s, cache: {ttl: 60s}}]\n",
-        port,
-    )
+    edge, port = small_cache_edge(pki, up.url)
 
     def request(client: H2Client, path: str) -> int:
         return client.request(path, headers=client.headers(path, authority="cache.localhost"))

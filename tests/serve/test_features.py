@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.support.procs import DemoUpstream, Edge, RawUpstream, free_port, raw_exchange, wait_until
+from tests.support.procs import DemoUpstream, Edge, RawUpstream, free_port, raw_exchange, read_head, wait_until
 
 
 def get(port: int, path: str, *headers: str, host: str = "t") -> tuple[int, dict[str, str], bytes]:
@@ -194,12 +194,8 @@ def test_a_close_delimited_upstream_body_is_gzipped_whole():
 
     def answer(conn) -> None:
         conn.settimeout(5)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = conn.recv(65536)
-            if not data:
-                return
-            buf += data
+        if read_head(conn) is None:
+            return
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n" + page)
 
     upstream = RawUpstream(answer)
@@ -259,12 +255,9 @@ def _half_body_upstream():
 
     def answer(conn) -> None:
         conn.settimeout(10)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = conn.recv(65536)
-            if not data:
-                return
-            buf += data
+        buf = read_head(conn)
+        if buf is None:
+            return
         if b" /count" in buf.split(b"\r\n")[0]:
             body = (b"count %d\n" % next(counter)).ljust(2000, b".")
             conn.sendall(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2000\r\n"

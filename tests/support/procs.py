@@ -231,6 +231,18 @@ class RawUpstream:
         self.sock.close()
 
 
+def read_head(conn: socket.socket) -> bytes | None:
+    """The bytes of one request head (and whatever followed it in the same reads) from a raw
+    upstream's connection; None when the peer closed first."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    return buf
+
+
 def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     """Send ``data`` on a fresh connection and read until the server closes."""
     with connect("127.0.0.1", port, timeout=timeout) as sock:
