@@ -3,10 +3,14 @@
 # an nginx origin (bench/configs/origin-nginx.conf), edge on POLICY (a bench template such as
 # bench/configs/edge.yaml), 3000 warm-up requests, then exactly N requests with h2load --h1 -c50.
 #
-#   bench/tools/fixed_work.sh POLICY PATH N [MODE]
+#   [PROTO=h1|https|h2] bench/tools/fixed_work.sh POLICY PATH N [MODE]
+#     PROTO h1 (default): plain HTTP/1.1; https: HTTP/1.1 over TLS 1.3 (the bench's suite and group,
+#           bench/tls.py); h2: HTTP/2 over TLS with h2load -m10 (as the bench's h2 test)
 #     MODE callgrind (default): instructions, counters zeroed after warm-up; then
 #                               .venv/bin/python bench/tools/callgrind_self.py DIR/cg.out.PID.1 N
 #     MODE ops:                 Python bytecodes and calls per function (sys.settrace; slow)
+#     MODE perf:                perf stat of edge for the N requests (cycles, instructions, faults, syscalls)
+#     MODE record:              perf record (cpu-clock samples, no PMU needed) of edge: DIR/perf.data
 #     MODE plain:               user and system CPU ticks of edge for the N requests
 # Prints the h2load summary and DIR (kept, for the outputs). Loopback only; stops by itself.
 set -u
@@ -22,8 +26,22 @@ read -r P0 O1 O2 AD < <("$PY" -c "import socket; s=[socket.socket() for _ in ran
 [x.bind(('127.0.0.1', 0)) for x in s]; print(*[x.getsockname()[1] for x in s])")
 sed -e "s#\${dir}#$D#g" -e "s#\${origin_port1}#$O1#g" -e "s#\${origin_port2}#$O2#g" \
     "$ROOT/bench/configs/origin-nginx.conf" > "$D/origin.conf"
+PROTO=${PROTO:-h1}
 sed -e "s#\${port}#$P0#g" -e "s#\${admin_port}#$AD#g" -e "s#\${origin_port1}#$O1#g" -e "s#\${origin_port2}#$O2#g" \
     -e "s#\${access_log}#$D/access.log#g" "$POLICY" > "$D/edge.yaml"
+URL=http://127.0.0.1:$P0; CLIENT=(h2load --h1)
+if [ "$PROTO" != h1 ]; then
+  # the run's certificate and a TLS listener on a fifth port, as bench/peers.py renders it for --https
+  TP=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  (cd "$ROOT" && "$PY" -c "
+import sys; from pathlib import Path; from bench import tls, peers
+d = Path(sys.argv[1]); files = tls.issue(d); tls.write_client_conf(d / 'client.cnf')
+p = d / 'edge.yaml'; p.write_text(peers.with_tls_listener(p.read_text(),
+    {'tls_port': int(sys.argv[2]), 'tls_cert': files.cert, 'tls_key': files.key}))" "$D" "$TP")
+  URL=https://127.0.0.1:$TP
+  [ "$PROTO" = https ] && CLIENT=(env "OPENSSL_CONF=$D/client.cnf" h2load --h1) \
+    || CLIENT=(env "OPENSSL_CONF=$D/client.cnf" h2load -m10)
+fi
 nginx -c "$D/origin.conf" -g 'daemon off;' -e "$D/origin-error.log" & NGX=$!
 case $MODE in
   callgrind) valgrind --tool=callgrind --callgrind-out-file="$D/cg.out.%p" "$PY" -m edge serve -c "$D/edge.yaml" \
@@ -33,12 +51,17 @@ case $MODE in
   *) "$PY" -m edge serve -c "$D/edge.yaml" > "$D/edge.out" 2>&1 & EDGE=$! ;;
 esac
 for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$P0/small" && break; sleep 0.2; done
-h2load --h1 -n 3000 -c 50 "http://127.0.0.1:$P0$URLPATH" > "$D/warm.txt"
+"${CLIENT[@]}" -n 3000 -c 50 "$URL$URLPATH" > "$D/warm.txt"
 [ "$MODE" = callgrind ] && callgrind_control -z $EDGE > /dev/null
 [ "$MODE" = ops ] && kill -USR1 $EDGE && sleep 0.5
 read -r U0 S0 < <(awk '{print $14, $15}' /proc/$EDGE/stat)
-h2load --h1 -n "$N" -c 50 "http://127.0.0.1:$P0$URLPATH" > "$D/run.txt"
+[ "$MODE" = record ] && { perf record -e cpu-clock -F 4999 -p $EDGE -o "$D/perf.data" > /dev/null 2>&1 & PERF=$!; sleep 0.5; }
+[ "$MODE" = perf ] && { perf stat -e task-clock,cycles,instructions,page-faults,context-switches,syscalls:sys_enter_mmap,syscalls:sys_enter_munmap,syscalls:sys_enter_brk \
+  -p $EDGE -o "$D/perf.txt" & PERF=$!; sleep 0.5; }
+"${CLIENT[@]}" -n "$N" -c 50 "$URL$URLPATH" > "$D/run.txt"
 read -r U1 S1 < <(awk '{print $14, $15}' /proc/$EDGE/stat)
+[ "$MODE" = record ] && { kill -INT $PERF; wait $PERF; perf report -i "$D/perf.data" --sort dso --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -12; }
+[ "$MODE" = perf ] && { kill -INT $PERF; wait $PERF; grep -E "[0-9]" "$D/perf.txt"; }
 [ "$MODE" = callgrind ] && callgrind_control -d $EDGE > /dev/null
 [ "$MODE" = ops ] && kill -USR2 $EDGE && sleep 1
 grep -E "requests:|status codes|finished in" "$D/run.txt"
