@@ -360,6 +360,31 @@ def encode_field(name: bytes, value: bytes, never_indexed: bool = False) -> byte
     return bytes((flags,)) + _string(name) + _string(value)
 
 
+_STATUS_FIELDS = {status: encode_field(b":status", b"%d" % status) for status in range(200, 600)}
+# encoded fields per upstream header line, and per content-length value; bounded like _encoded_fields
+_encoded_lines: dict[bytes, bytes] = {}
+_length_fields: dict[int, bytes] = {}
+
+
+def _line_field(line: bytes) -> bytes:
+    """A forwarded HTTP/1.1 header line as an encoded HTTP/2 field (lower-case name), kept when short."""
+    colon = line.index(b":")
+    piece = encode_field(line[:colon].lower(), line[colon + 1 : -2].strip())
+    if len(line) <= _CACHED_VALUE:
+        if len(_encoded_lines) >= _CACHE_FIELDS:
+            _encoded_lines.clear()
+        _encoded_lines[line] = piece
+    return piece
+
+
+def _length_field(length: int) -> bytes:
+    piece = encode_field(b"content-length", b"%d" % length)
+    if len(_length_fields) >= _CACHE_FIELDS:
+        _length_fields.clear()
+    _length_fields[length] = piece
+    return piece
+
+
 class ResponseEncoder:
     """A stateless HPACK encoder for our responses, in place of ``hpack.Encoder`` on h2's state machine.
 
@@ -387,6 +412,30 @@ class ResponseEncoder:
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
         self._resize = True  # 4.2: say again that our table is empty, in the next block
+
+    def response_block(self, rh: ResponseHead, extra: list[tuple[bytes, bytes]]) -> bytes:
+        """``encode(response_headers(rh, ..., extra))`` in one pass over the upstream's lines.
+
+        Each forwarded line (``b"Name: value\\r\\n"``, hop-by-hop already gone) maps to its
+        encoded field through ``_encoded_lines``: no name/value pairs are built per response.
+        """
+        status = rh.status
+        parts = [_STATUS_FIELDS.get(status) or encode_field(b":status", b"%d" % status)]
+        if self._resize:
+            self._resize = False
+            parts.insert(0, b"\x20")
+        append = parts.append
+        lines = _encoded_lines
+        for line in rh.lines:
+            piece = lines.get(line)
+            append(piece if piece is not None else _line_field(line))
+        length = rh.content_length
+        if length is not None and status != 204:
+            piece = _length_fields.get(length)
+            append(piece if piece is not None else _length_field(length))
+        if extra:
+            append(self.encode(extra))
+        return b"".join(parts)
 
     def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
         cache = _encoded_fields

@@ -50,9 +50,9 @@ from edge.serve.h2head import (
     checked_request_head,
     header_pairs,
     local_response,
-    response_headers,
     upstream_request,
 )
+from edge.serve.h2send import queue_data, queue_headers, send_window
 
 if TYPE_CHECKING:
     from edge.balance import UpstreamState
@@ -413,7 +413,7 @@ class H2Stream:
         self.active = now
         self._set_deadline(now + self.service.policy.timeouts.idle, _STREAM)
         try:
-            self.conn.h2.send_headers(self.sid, headers, end_stream=not chunks)
+            self._headers(headers, not chunks)
         except H2Error:
             self._abort(ErrorCodes.INTERNAL_ERROR)
             return
@@ -671,9 +671,9 @@ class H2Stream:
         if fx is not None and self._features_head(fx, rh, head, route):
             return
         self.remaining = -1 if no_body or rh.content_length is None else rh.content_length
-        headers = response_headers(rh, no_body, _extra_pairs(route.add_response))
+        h2c = self.conn.h2
         try:
-            self.conn.h2.send_headers(self.sid, headers, end_stream=no_body)
+            queue_headers(h2c, self.sid, h2c.encoder.response_block(rh, _extra_pairs(route.add_response)), no_body)
         except H2Error:
             self._abort(ErrorCodes.INTERNAL_ERROR)
             return
@@ -768,6 +768,11 @@ class H2Stream:
             self.update_reading()
 
     # -- sending to the client ----------------------------------------------------------------
+    def _headers(self, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        """A final response head of our own making (edge.serve.h2send; raises H2Error)."""
+        h2c = self.conn.h2
+        queue_headers(h2c, self.sid, h2c.encoder.encode(headers), end_stream)
+
     def _send(self, data: bytes, end: bool) -> None:
         if data:
             self.out.append(data)
@@ -785,7 +790,7 @@ class H2Stream:
         sid = self.sid
         try:
             if out:
-                window = h2c.local_flow_control_window(sid)
+                window = send_window(h2c, sid)
                 frame = h2c.max_outbound_frame_size
                 sent = 0
                 while out and window > 0:
@@ -793,10 +798,10 @@ class H2Stream:
                     size = len(chunk)
                     if size <= window and size <= frame:
                         out.popleft()
-                        h2c.send_data(sid, chunk, end_stream=self.ending and not out)
+                        queue_data(h2c, sid, chunk, self.ending and not out)
                     else:
                         size = min(window, frame)
-                        h2c.send_data(sid, chunk[:size])
+                        queue_data(h2c, sid, chunk[:size], False)
                         out[0] = chunk[size:]
                     window -= size
                     sent += size
@@ -806,7 +811,7 @@ class H2Stream:
                 if not out and self.ending:
                     self.ended = True  # the last DATA frame carried END_STREAM
             if self.ending and not out and not self.ended:
-                h2c.end_stream(sid)
+                queue_data(h2c, sid, b"", True)
                 self.ended = True
         except H2Error:
             self._abort(ErrorCodes.INTERNAL_ERROR)
@@ -862,7 +867,7 @@ class H2Stream:
         headers, body = local_response(status, detail, _REASONS.get(status, "Error"), list(extra))
         head_only = self.head is not None and self.head.method == b"HEAD"
         try:
-            self.conn.h2.send_headers(self.sid, headers, end_stream=head_only)
+            self._headers(headers, head_only)
         except H2Error:
             self._abort(ErrorCodes.INTERNAL_ERROR)
             return
