@@ -44,6 +44,7 @@ __all__ = [
     "header_pairs",
     "local_response",
     "request_head",
+    "extra_pairs",
     "response_headers",
     "upstream_request",
 ]
@@ -293,6 +294,21 @@ def response_headers(rh: ResponseHead, no_body: bool, extra: list[tuple[bytes, b
     if extra:
         out.extend(extra)
     return out
+
+
+_EXTRA_CACHE: dict[bytes, list[tuple[bytes, bytes]]] = {}
+
+
+def extra_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """A route's add_response lines as HTTP/2 pairs, parsed once per distinct value."""
+    if not lines:
+        return []
+    pairs = _EXTRA_CACHE.get(lines)
+    if pairs is None:
+        if len(_EXTRA_CACHE) > 256:
+            _EXTRA_CACHE.clear()
+        pairs = _EXTRA_CACHE[lines] = header_pairs(lines)
+    return pairs
 
 
 def local_response(

@@ -20,7 +20,9 @@ Flow control, both ways, per stream (so a slow stream never stalls the others):
 Routes with ``quality:`` or ``cache:`` get a ``Features`` object (``fx``) and with it what the
 HTTP/1.1 side does: answers from the cache (hits, 304s, stale ``fallback``), revalidation,
 storing while streaming, gzip, and ``max_rate`` pacing of this stream's upstream reads; every
-other stream only ever checks ``fx is None``.
+other stream only ever checks ``fx is None``. That side, with the access rules and rate limits,
+is the ``StreamFeatures`` mixin (edge.serve.h2features); response frames are queued by
+edge.serve.h2send.
 
 The stream owns no socket: it calls the h2 state machine and the connection's ``flush``.
 A stream ends when its END_STREAM (or RST_STREAM) was sent, or the client reset it.
@@ -28,7 +30,6 @@ A stream ends when its END_STREAM (or RST_STREAM) was sent, or the client reset 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import struct
@@ -39,16 +40,15 @@ from typing import TYPE_CHECKING
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
-from edge.cache.fallback import SERVE_STALE, USE_SERVICE, fallback_for
 from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import RequestHead, ResponseHead
-from edge.ratelimit import ALLOWED
 from edge.route import normalize_host
-from edge.serve.features import Features, tcp_rtt
+from edge.serve.features import Features
+from edge.serve.h2features import StreamFeatures, header_getter
 from edge.serve.h2head import (
     H2RequestError,
     checked_request_head,
-    header_pairs,
+    extra_pairs,
     local_response,
     upstream_request,
 )
@@ -56,8 +56,6 @@ from edge.serve.h2send import queue_data, queue_headers, send_window
 
 if TYPE_CHECKING:
     from edge.balance import UpstreamState
-    from edge.cache.store import Entry
-    from edge.quality import Pacer
     from edge.serve.h2conn import H2Connection
     from edge.serve.pool import UpstreamPool
     from edge.serve.proxy import UpstreamConnection
@@ -89,19 +87,6 @@ _clock = time.perf_counter
 # deadline kinds
 _NONE, _UPSTREAM, _POOL, _BODY, _STREAM = range(5)
 _LINGER_RESET = struct.pack("ii", 1, 0)
-_EXTRA_CACHE: dict[bytes, list[tuple[bytes, bytes]]] = {}
-
-
-def _extra_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
-    """A route's add_response lines as HTTP/2 pairs, parsed once per distinct value."""
-    if not lines:
-        return []
-    pairs = _EXTRA_CACHE.get(lines)
-    if pairs is None:
-        if len(_EXTRA_CACHE) > 256:
-            _EXTRA_CACHE.clear()
-        pairs = _EXTRA_CACHE[lines] = header_pairs(lines)
-    return pairs
 
 
 def _cut(up: UpstreamConnection, hard: bool) -> None:
@@ -124,18 +109,7 @@ def _cut(up: UpstreamConnection, hard: bool) -> None:
     transport.abort()
 
 
-def _header_getter(head: RequestHead):
-    def get(lname: str) -> str | None:
-        wanted = lname.encode("latin-1")
-        for index, name in enumerate(head.names):
-            if name == wanted:
-                return head.lines[index][len(name) + 1 : -2].strip().decode("latin-1")
-        return None
-
-    return get
-
-
-class H2Stream:
+class H2Stream(StreamFeatures):
     __slots__ = (
         "active",
         "attempts",
@@ -250,88 +224,6 @@ class H2Stream:
             return
         self._dispatch(head)
 
-    def _admit(self, head: RequestHead, rt: Runtime, route: RouteRuntime) -> bool:
-        """Zones, GeoIP, rate limit, tier and cache, as the HTTP/1.1 side does; False when answered."""
-        conn = self.conn
-        server = conn.server
-        now = server.loop.time()
-        client = real_client_ip(head, conn.peer, rt.trusted)
-        # access rules first, exactly as on HTTP/1.1: a zone or country rule is never bypassed
-        if route.zones is not None and not (rt.zone_matcher and rt.zone_matcher.allowed(route.zones, client)):
-            self._local(403, "this route is not open to your network zone")
-            return False
-        if route.geo is not None:
-            database = server.geoip
-            if not route.geo.allowed(database.country(client) if database is not None else None):
-                self._local(403, "this route is not open to your country")
-                return False
-        limiter = route.limiter
-        if limiter is not None:
-            decision = limiter.take(limiter.key_spec.key(client, _header_getter(head), route.label), now)
-            if decision is not ALLOWED:
-                route.metrics.ratelimited += 1
-                if decision.ban_for > 0:
-                    server.ban(client, decision.ban_for)
-                extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in limiter.headers(decision)]
-                self._local(429, "rate limited", extra)
-                return False
-        if route.chooser is None and route.cache_ttl is None:
-            return True
-        fx = self.fx = Features()
-        if route.chooser is not None:  # the tier goes upstream (a client-sent value is replaced)
-            if not conn.rtt_seen:  # as HTTP/1.1: the connection's RTT is a measurement, taken once
-                conn.rtt_seen = True
-                rtt = tcp_rtt(conn.transport.get_extra_info("socket"))
-                if rtt is not None:
-                    server.clients.observe_rtt(client, rtt, now)
-            fx.choose_tier(route.chooser, head, server.clients, client, now)
-        if route.cache_ttl is None:
-            return True
-        store = server.cache_store
-        found = fx.lookup(store, head, conn.proto, route.cache_ttl, now)
-        if found == "fetch":
-            self._fetch(store, fx, head)
-            return False
-        if found == "hit":
-            self._serve_entry(fx.entry, stale=False)
-            return False
-        if found == "only-if-cached":
-            self._local(504, "not in the cache (only-if-cached)")
-            return False
-        return True
-
-    def _fetch(self, store, fx: Features, head: RequestHead) -> None:
-        """Ask a remote cache (Redis) for this request; ``_fetched`` goes on from there.
-        The upstream's response timeout bounds the wait (then 504)."""
-        self._wait_upstream()
-        fx.fetch(store, head, self.conn.server.loop).add_done_callback(self._fetched)
-
-    def _fetched(self, task: asyncio.Task) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()  # retrieved even when nobody waits for the answer any more
-        if self.done or self.resp_started:
-            return
-        fx = self.fx
-        head = self.head
-        assert fx is not None and head is not None
-        self.deadline = _INF
-        self.kind = _NONE
-        try:
-            if error is not None:
-                raise error
-            found = fx.settle(task.result(), head, self.conn.server.loop.time())
-            if found == "hit":
-                self._serve_entry(fx.entry, stale=False)
-            elif found == "only-if-cached":
-                self._local(504, "not in the cache (only-if-cached)")
-            else:
-                self._dispatch(head)
-        except Exception:  # as in the connection's event loop: a bug costs this stream, with an answer
-            log.exception("h2 request handling failed")
-            self._fail(500, "internal error")
-        self.conn.flush()
-
     def _dispatch(self, head: RequestHead) -> None:
         """Breaker, balancer, lease: send the request to an upstream of ``self.service``."""
         service = self.service
@@ -349,7 +241,7 @@ class H2Stream:
             rt = self.rt
             assert route is not None and rt is not None
             client = real_client_ip(head, conn.peer, rt.trusted)
-            self.balance_key = hash_key.key(client, _header_getter(head), route.label)
+            self.balance_key = hash_key.key(client, header_getter(head), route.label)
         ustate = service.balancer.pick(self.balance_key)
         if ustate is None:
             self._unavailable("no healthy upstream", service.health.retry_after(conn.server.loop.time()))
@@ -369,62 +261,6 @@ class H2Stream:
         else:
             self._body_deadline()
         self._lease(ustate)
-
-    def _unavailable(self, reason: str, retry_after: int) -> None:
-        """The service cannot take the request: its ``fallback`` (a stale copy, another
-        service), else 503 with Retry-After; as on HTTP/1.1."""
-        service = self.service
-        head = self.head
-        route = self.route
-        assert head is not None and route is not None
-        fallback = service.policy.fallback
-        if fallback != "none":
-            fx = self.fx
-            verdict = fallback_for(fallback, fx.entry if fx is not None else None, self.conn.server.loop.time(),
-                                   head.method)
-            if verdict.kind == SERVE_STALE and verdict.entry is not None:
-                assert fx is not None
-                fx.cache_status = "stale"
-                self._serve_entry(verdict.entry, stale=True)
-                return
-            if verdict.kind == USE_SERVICE and service is route.service and self.rt is not None:
-                degraded = self.rt.services.get(verdict.service or "")
-                if degraded is not None:
-                    self.service = degraded  # once: the degraded service's own fallback is not followed
-                    self._dispatch(head)
-                    return
-        self._local(503, reason, [(b"retry-after", b"%d" % retry_after)])
-
-    def _serve_entry(self, entry: Entry, stale: bool) -> None:
-        """Answer from a cached copy (a hit, or stale for ``fallback``): no upstream involved."""
-        fx = self.fx
-        head = self.head
-        route = self.route
-        assert fx is not None and head is not None and route is not None
-        status, headers, chunks, size = fx.entry_headers(entry, head, self.conn.server.loop.time(), stale,
-                                                         _extra_pairs(route.add_response))
-        self._answer(status, headers, chunks, size)
-
-    def _answer(self, status: int, headers: list[tuple[bytes, bytes]], chunks: list[bytes], size: int) -> None:
-        """Send a whole response we have in hand (from the cache) as HEADERS and DATA."""
-        self.status = status
-        self.resp_started = True
-        now = self.conn.server.loop.time()
-        self.active = now
-        self._set_deadline(now + self.service.policy.timeouts.idle, _STREAM)
-        try:
-            self._headers(headers, not chunks)
-        except H2Error:
-            self._abort(ErrorCodes.INTERNAL_ERROR)
-            return
-        if not chunks:
-            self.ending = self.ended = True
-            self._complete()
-            return
-        self.bytes = size
-        self.out.extend(chunks)
-        self.out_size += size
-        self._send(b"", True)
 
     def _record(self, status: int) -> None:
         """Tell health and breaker how the upstream did (status 0: no response at all)."""
@@ -453,6 +289,15 @@ class H2Stream:
         conn = self.conn
         if when < conn.deadline:
             conn.deadline = when
+
+    def _no_deadline(self) -> None:
+        self.deadline = _INF
+        self.kind = _NONE
+
+    def _streaming(self, now: float) -> None:
+        """The response is flowing: from now on the service's idle timeout bounds each stall."""
+        self.active = now
+        self._set_deadline(now + self.service.policy.timeouts.idle, _STREAM)
 
     def _wait_upstream(self) -> None:
         if not self.resp_started:
@@ -673,35 +518,15 @@ class H2Stream:
         self.remaining = -1 if no_body or rh.content_length is None else rh.content_length
         h2c = self.conn.h2
         try:
-            queue_headers(h2c, self.sid, h2c.encoder.response_block(rh, _extra_pairs(route.add_response)), no_body)
+            queue_headers(h2c, self.sid, h2c.encoder.response_block(rh, extra_pairs(route.add_response)), no_body)
         except H2Error:
             self._abort(ErrorCodes.INTERNAL_ERROR)
             return
-        now = self.conn.server.loop.time()
-        self.active = now
-        self._set_deadline(now + self.service.policy.timeouts.idle, _STREAM)
+        self._streaming(self.conn.server.loop.time())
         if no_body:
             self.ending = True
             self.ended = True
             self._complete()
-
-    def _features_head(self, fx: Features, rh: ResponseHead, head: RequestHead, route: RouteRuntime) -> bool:
-        """Cache and tier on the response head: True when the stream was answered from the
-        cache (the upstream's 304 to our revalidation), else ``rh`` was edited in place
-        (tier lines, gzip: no content-length then; storing started)."""
-        server = self.conn.server
-        now = server.loop.time()
-        cached = route.cache_ttl is not None
-        wall = server.wall_offset + _clock() if cached else 0.0
-        entry = fx.revalidated(rh, server.cache_store, now, wall) if fx.revalidating else None
-        if entry is not None:
-            self.no_body = True  # the upstream's 304 has none; the copy's body goes instead
-            status, headers, chunks, size = fx.entry_headers(entry, head, now, False,
-                                                             _extra_pairs(route.add_response))
-            self._answer(status, headers, chunks, size)
-            return True
-        fx.response_head(rh, head, server.cache_store if cached else None, now, wall)
-        return False
 
     def response_body(self, data: bytes) -> None:
         if self.no_body or self.done:
@@ -750,22 +575,6 @@ class H2Stream:
                 self._send(tail, True)
                 return
         self._send(b"", True)
-
-    def _pace(self, pacer: Pacer, size: int) -> None:
-        """max_rate: count the bytes; when over budget, stop reading this stream's upstream
-        until tokens return (one timer per burst, as on HTTP/1.1); other streams go on."""
-        loop = self.conn.server.loop
-        now = loop.time()
-        pacer.consume(size)
-        if self.paced or self.up is None or pacer.allowance(now) > 0:
-            return
-        self.paced = True  # update_reading (from _send) pauses the upstream
-        loop.call_later(pacer.delay_until_next(now), self._resume_paced)
-
-    def _resume_paced(self) -> None:
-        self.paced = False
-        if not self.done:
-            self.update_reading()
 
     # -- sending to the client ----------------------------------------------------------------
     def _headers(self, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
