@@ -463,3 +463,20 @@ def test_a_sink_without_views_gets_bytes():
     sink = _Views()
     ResponseReader(sink).feed(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     assert sink.chunks == [body] and type(sink.chunks[0]) is bytes
+
+
+def test_connection_keep_alive_and_listed_names_add_up_in_any_order():
+    """``Connection: keep-alive`` takes a short path: with a second Connection header, before or
+    after it, the names listed are still removed and the tokens are all kept."""
+    for first, second in ((b"keep-alive", b"X-Gone"), (b"X-Gone", b"keep-alive")):
+        rec = Recorder()
+        reader = ResponseReader(rec)
+        reader.feed(b"HTTP/1.1 200 OK\r\nConnection: " + first + b"\r\nconnection: " + second +
+                    b"\r\nX-Gone: 1\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n")
+        assert rec.events[0][3] == b"X-Kept: 2\r\n"
+        assert sorted(reader._head.connection_tokens) == [b"keep-alive", b"x-gone"]
+
+
+def test_host_in_either_case_is_the_host():
+    events, _ = feed_whole(b"GET / HTTP/1.1\r\nhost: Example.org:8080\r\n\r\n")
+    assert events[0][4] == b"Example.org:8080"

@@ -49,6 +49,8 @@ HOP_BY_HOP = frozenset(
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 
 _LENGTH_NAMES = frozenset({b"Content-Length", b"content-length"})
+_HOST_NAMES = frozenset({b"Host", b"host"})
+_CONNECTION_NAMES = frozenset({b"Connection", b"connection"})
 # Connection tokens that name no other header (nothing extra to remove).
 _CONNECTION_PLAIN = frozenset({b"close", b"keep-alive", b"upgrade"})
 
@@ -271,6 +273,16 @@ class RequestReader:
                 raise ProtocolError(431, "request header fields too large")
             self._head_size = size
             self._lines.append(name + b": " + value + b"\r\n")
+            return
+        if name in _HOST_NAMES and self._in_head:  # every request has one: as _header does, without lower()
+            head = self._head
+            size = self._head_size + len(name) + len(value) + 4
+            if size > self._max_head:
+                raise ProtocolError(431, "request header fields too large")
+            if head.host is not None:  # type: ignore[union-attr]
+                raise ProtocolError(400, "more than one Host header")
+            head.host = value  # type: ignore[union-attr]
+            self._head_size = size
             return
         self._header(name, value)
 
@@ -569,6 +581,11 @@ class ResponseReader:
         elif name in _LENGTH_NAMES and self._in_head:  # the next most common (llhttp checked its digits)
             self._head_size += len(name) + len(value) + 4
             self._head.content_length = int(value)  # type: ignore[union-attr]
+        elif value == b"keep-alive" and name in _CONNECTION_NAMES and self._in_head:  # as _header files it
+            head = self._head
+            self._head_size += len(name) + 14
+            tokens = head.connection_tokens  # type: ignore[union-attr]
+            head.connection_tokens = [b"keep-alive"] if tokens is None else [*tokens, b"keep-alive"]  # type: ignore[union-attr]
         else:
             self._header(name, value)
 

@@ -439,15 +439,11 @@ class ClientConnection(asyncio.Protocol):
             self._out = []
             if self._closed:
                 return
-            if self._tls and len(out) > 1:
-                # uvloop's TLS transport makes one record per piece: a small response (head and
-                # body) goes as one record, a large one keeps its pieces (no copy of the body)
-                size = 0
-                for piece in out:
-                    size += len(piece)
-                if size <= _TLS_RECORD:
-                    self.transport.write(b"".join(out))
-                    return
+            # uvloop's TLS transport makes one record per piece: a small response (head and
+            # body) goes as one record, a large one keeps its pieces (no copy of the body)
+            if self._tls and len(out) > 1 and sum(map(len, out)) <= _TLS_RECORD:
+                self.transport.write(b"".join(out))
+                return
             self.transport.writelines(out)
 
     # -- request side (RequestReader sink) ----------------------------------------------
