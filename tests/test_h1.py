@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.http.h1 import ProtocolError, RequestReader, ResponseReader, has_dot_segment
+from edge.http.h1 import _VIEW_FROM, ProtocolError, RequestReader, ResponseReader, has_dot_segment
 
 
 class Recorder:
@@ -385,3 +385,98 @@ def test_common_request_headers_are_known_as_such():
         assert is_common_request_header(name)
     for name in (b"x-edge-quality", b"save-data", b"downlink", b"ect", b"rtt"):
         assert not is_common_request_header(name)
+
+
+class _Views:
+    """A ``views`` sink: keeps each body chunk as it came (a memoryview stays one)."""
+
+    def __init__(self) -> None:
+        self.heads: list[int] = []
+        self.chunks: list = []
+        self.ends = 0
+
+    def response_head(self, head):
+        self.heads.append(head.status)
+
+    def response_body(self, data):
+        self.chunks.append(data)
+
+    def response_end(self):
+        self.ends += 1
+
+
+def _views_reader():
+    sink = _Views()
+    reader = ResponseReader(sink)
+    reader.views = True
+    return sink, reader
+
+
+@pytest.mark.parametrize("split", [None, 1, 30_000, 60_000, 70_000])
+def test_a_large_body_in_the_head_s_read_reaches_a_views_sink_uncopied(split):
+    """The body part of the read that carries the head goes as a view of that read; what
+    follows (later reads, the next response on the connection) parses as before."""
+    body = bytes(range(256)) * 256  # 64 KiB
+    first = b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    sink, reader = _views_reader()
+    if split is None:
+        reader.feed(first)
+    else:
+        cut = len(first) - len(body) + split if split < len(body) else len(first)
+        reader.feed(first[:cut])
+        if first[cut:]:
+            reader.feed(first[cut:])
+    assert b"".join(sink.chunks) == body and sink.ends == 1 and reader.ended and not reader.trailing
+    if split is None or split >= _VIEW_FROM:
+        assert isinstance(sink.chunks[0], memoryview)  # that much body in the head's read
+    else:
+        assert all(isinstance(c, bytes) for c in sink.chunks)
+    reader.feed(b"HTTP/1.1 204 No Content\r\n\r\n")  # the next response: a fresh parser reads it
+    assert sink.heads == [200, 204] and sink.ends == 2
+
+
+def test_views_keep_framing_rules_interim_heads_trailing_bytes_chunked_and_head():
+    body = b"x" * 60_000
+    sink, reader = _views_reader()
+    reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert sink.heads == [100, 200] and b"".join(sink.chunks) == body and sink.ends == 2
+    sink, reader = _views_reader()
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body + b"HTTP/1.1 200 OK\r\n")
+    assert b"".join(sink.chunks) == body and reader.ended and reader.trailing  # never reused
+    sink, reader = _views_reader()
+    reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+    assert b"".join(sink.chunks) == body and sink.ends == 1 and all(isinstance(c, bytes) for c in sink.chunks)
+    sink, reader = _views_reader()
+    reader.expect_no_body = True  # HEAD: the bytes after the head are not a body (and spoil the connection)
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert sink.chunks == [] and sink.ends == 1 and not reader.clean
+    for views in (True, False):  # a 304 has no body: what follows must be another response, as ever
+        sink, reader = _views_reader()
+        reader.views = views
+        with pytest.raises(ProtocolError) as info:
+            reader.feed(b"HTTP/1.1 304 Not Modified\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert info.value.status == 502 and sink.chunks == []
+
+
+def test_a_sink_without_views_gets_bytes():
+    body = b"y" * 60_000
+    sink = _Views()
+    ResponseReader(sink).feed(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert sink.chunks == [body] and type(sink.chunks[0]) is bytes
+
+
+def test_connection_keep_alive_and_listed_names_add_up_in_any_order():
+    """``Connection: keep-alive`` takes a short path: with a second Connection header, before or
+    after it, the names listed are still removed and the tokens are all kept."""
+    for first, second in ((b"keep-alive", b"X-Gone"), (b"X-Gone", b"keep-alive")):
+        rec = Recorder()
+        reader = ResponseReader(rec)
+        reader.feed(b"HTTP/1.1 200 OK\r\nConnection: " + first + b"\r\nconnection: " + second +
+                    b"\r\nX-Gone: 1\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n")
+        assert rec.events[0][3] == b"X-Kept: 2\r\n"
+        assert sorted(reader._head.connection_tokens) == [b"keep-alive", b"x-gone"]
+
+
+def test_host_in_either_case_is_the_host():
+    events, _ = feed_whole(b"GET / HTTP/1.1\r\nhost: Example.org:8080\r\n\r\n")
+    assert events[0][4] == b"Example.org:8080"

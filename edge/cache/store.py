@@ -192,7 +192,7 @@ class EntryWriter:
         if entry.cost + cost > store.max_entry_size or not store._reserve(cost):
             self.abandon()
             return False
-        entry.chunks.append(chunk)
+        entry.chunks.append(bytes(chunk))  # a memoryview (see ResponseReader.views) would keep its whole read
         entry.body_size += len(chunk)
         entry.cost += cost
         return True

@@ -439,15 +439,11 @@ class ClientConnection(asyncio.Protocol):
             self._out = []
             if self._closed:
                 return
-            if self._tls and len(out) > 1:
-                # uvloop's TLS transport makes one record per piece: a small response (head and
-                # body) goes as one record, a large one keeps its pieces (no copy of the body)
-                size = 0
-                for piece in out:
-                    size += len(piece)
-                if size <= _TLS_RECORD:
-                    self.transport.write(b"".join(out))
-                    return
+            # uvloop's TLS transport makes one record per piece: a small response (head and
+            # body) goes as one record, a large one keeps its pieces (no copy of the body)
+            if self._tls and len(out) > 1 and sum(map(len, out)) <= _TLS_RECORD:
+                self.transport.write(b"".join(out))
+                return
             self.transport.writelines(out)
 
     # -- request side (RequestReader sink) ----------------------------------------------
@@ -843,7 +839,9 @@ class ClientConnection(asyncio.Protocol):
         conn.got_bytes = False
         head = self._head
         assert head is not None
-        conn.reader.expect_no_body = head.method == b"HEAD"
+        reader = conn.reader
+        reader.expect_no_body = head.method == b"HEAD"
+        reader.views = True  # response_body only writes or joins its chunks (fx.body: gzip, cache copy)
         if self.deadline_kind == _POOL:
             self._wait_upstream() if self._req_done else self._body_deadline()
         # the request head (as _request_bytes, inline)
@@ -1452,6 +1450,7 @@ class UpstreamConnection(asyncio.Protocol):
         pool = self.release_to
         if pool is not None:
             self.release_to = None
+            self.reader.views = False  # the next lease may be an HTTP/2 stream's: its code expects bytes
             if self.reader.trailing:
                 self.abort()  # more bytes than the response: this stream cannot be trusted again
             else:
