@@ -17,6 +17,7 @@ set -u
 POLICY=$(realpath "$1"); URLPATH=$2; N=$3; MODE=${4:-callgrind}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=$ROOT/.venv/bin/python
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}  # every mode measures this tree's edge (a worktree too)
 D=$(mktemp -d /tmp/edge-fixed-work.XXXX)
 chmod 755 "$D"; mkdir -p "$D/www"
 "$PY" -c "import sys; d=sys.argv[1]; open(d+'/www/small','wb').write((b'edge bench ' * 10)[:99] + b'\n'); \
