@@ -30,7 +30,7 @@ from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import ProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
 from edge.ratelimit import ALLOWED
 from edge.route import normalize_host
-from edge.serve.features import Features, tcp_rtt, unacked_bytes
+from edge.serve.features import Features, tcp_rtt, tier_features, unacked_bytes
 
 if TYPE_CHECKING:
     from edge.balance import UpstreamState
@@ -588,7 +588,7 @@ class ClientConnection(asyncio.Protocol):
             self._unavailable("no healthy upstream", service.health.retry_after(self.server.loop.time()))
             return
         fx = self._fx
-        if fx is not None:
+        if fx is not None and fx.key is not None:  # only a cache lookup's key uses it (response_plan)
             fx.sent_at = self.server.loop.time()
         if head.chunked or head.content_length:
             if head.expect_continue:
@@ -664,7 +664,7 @@ class ClientConnection(asyncio.Protocol):
         """Zones, GeoIP, rate limit, quality tier, cache; False when the request was answered."""
         server = self.server
         now = server.loop.time()
-        client = self._client_ip()
+        client = self._client_ip() if self.trusted else self.peer  # _client_ip's answer, without its call
         if route.zones is not None and not (rt.zone_matcher and rt.zone_matcher.allowed(route.zones, client)):
             self._local(403, "this route is not open to your network zone")
             return False
@@ -684,16 +684,23 @@ class ClientConnection(asyncio.Protocol):
                 extra = "".join(f"{name}: {value}\r\n" for name, value in limiter.headers(decision))
                 self._local(429, "rate limited", extra=extra.encode("latin-1"))
                 return False
-        if route.chooser is None and route.cache_ttl is None:
-            return True
-        fx = self._fx = Features()
-        if route.chooser is not None:
+        chooser = route.chooser
+        if chooser is not None:
             if not self._rtt_seen:
                 self._rtt_seen = True
                 rtt = tcp_rtt(self.transport.get_extra_info("socket"))
                 if rtt is not None:
                     server.clients.observe_rtt(client, rtt, now)
-            fx.choose_tier(route.chooser, head, server.clients, client, now)
+            if route.cache_ttl is None:  # a tier only: one shared object per tier unless it gzips or paces
+                tier = chooser.request_tier(head, server.clients, client, now)
+                self._fx = chooser.shared.get(tier.name) or tier_features(chooser, tier)
+                return True
+            fx = self._fx = Features()
+            fx.choose_tier(chooser, head, server.clients, client, now)
+        elif route.cache_ttl is None:
+            return True
+        else:
+            fx = self._fx = Features()
         if route.cache_ttl is not None:
             store = server.cache_store
             found = fx.lookup(store, head, self.proto, route.cache_ttl, now)
@@ -991,7 +998,12 @@ class ClientConnection(asyncio.Protocol):
             self._ustate = None
         fx = self._fx
         delimited = None  # whether the upstream's close ends its body, taken before gzip re-frames it
-        if fx is not None:
+        if fx is not None and fx.plain:  # the shared TierOnly: its lines, no cache, no gzip
+            fx.tier_head(rh)
+            length = rh.content_length
+            if length is None or length >= _MEASURE_FROM:  # _measure's start (it skips smaller ones)
+                self._resp_t0 = self.server.loop.time()
+        elif fx is not None:
             delimited = rh.content_length is None and not rh.chunked
             server = self.server
             now = server.loop.time()

@@ -1,0 +1,168 @@
+"""The tier's fast paths (issue 6's overhead) against the general ways they shortcut: the
+one-call request decision (``TierChooser.request_tier``), the shared ``TierOnly`` of a plain
+tier, and the Accept-CH check (``wants_accept_ch``). Each must answer as the general way does."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.policy.model import QualityProfile, Tier, TierCondition
+from edge.quality import NO_HINTS, ClientHints, ClientMeasurements, TierChooser, is_html, set_header
+from edge.serve.features import Features, TierOnly, tier_features, wants_accept_ch
+from tests.features.heads import FakeClock, header_value, request, response
+
+MBPS = 125_000.0
+PROFILE = QualityProfile(
+    tiers=(
+        Tier("low", when=TierCondition(save_data=True), max_rate=2 * MBPS, compress=True),
+        Tier("medium", when=TierCondition(downlink_below=10 * MBPS, rtt_above=0.150), compress=True),
+        Tier("high"),
+    )
+)
+
+
+def _reference_accept_ch(lines: list[bytes]) -> bool:
+    """The check as it was before the fast path: the whole head lowered and searched."""
+    blob = b"\n" + b"".join(lines).lower()
+    start = blob.find(b"\ncontent-type:")
+    if start < 0:
+        return False
+    end = blob.find(b"\r", start)
+    return b"html" in blob[start:end] and is_html(blob[start + 14 : end].decode("latin-1"))
+
+
+def _reference_tier(chooser: TierChooser, head, clients: ClientMeasurements, ip: str, now: float):
+    """``Features.choose_tier`` as it was: ``choose`` over hints and measurement, then set_header."""
+    tier = chooser.choose(ClientHints.from_head(head), clients.get(ip, now), now)
+    set_header(head.lines, head.names, chooser.lheader, chooser.header_lines[tier.name])
+    return tier
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (),
+        ("Content-Type: text/html",),
+        ("Server: x", "Content-Type: text/html; charset=utf-8"),
+        ("Server: x", "Content-Type: application/octet-stream"),
+        ("content-type: text/html",),  # another spelling: the general way
+        ("CONTENT-TYPE: Text/HTML",),
+        ("Content-Type: application/xhtml+xml",),
+        ("Content-Type: text/htmlx",),  # html in it, but not HTML
+        ("Content-Type: application/json", "X-Note: text/html"),
+        ("X-Original-Content-Type: text/html", "Content-Type: text/plain"),  # the exact name mid-line
+        ("X-Original-Content-Type: text/plain", "Content-Type: text/html"),
+        ("content-type: text/plain", "Content-Type: text/html"),  # the first one counts, whatever its case
+        ("content-type: text/html", "Content-Type: text/plain"),
+        ("X-Frame-Options: DENY", "Content-Type: text/html"),  # a "-" before it: lowered and searched
+        ("Content-Type: text/html", "Content-Type: text/plain"),
+        ("Content-Type:text/html",),
+    ],
+)
+def test_accept_ch_fast_path_answers_as_the_whole_head_search(headers: tuple[str, ...]) -> None:
+    lines = response(200, *headers).lines
+    assert wants_accept_ch(lines) == _reference_accept_ch(lines)
+    assert wants_accept_ch(lines) == _reference_accept_ch(lines)  # remembered values too
+
+
+_NAME = st.sampled_from(["Content-Type", "content-type", "CONTENT-type", "X-Content-Type", "Server", "Date", "ETag"])
+_VALUE = st.sampled_from(["text/html", "Text/HTML; charset=x", "text/plain", "application/xhtml+xml", "html",
+                          "a-b", "x/y-html"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_NAME, _VALUE), max_size=6))
+def test_accept_ch_fast_path_is_the_reference_on_any_head(fields: list[tuple[str, str]]) -> None:
+    lines = [f"{name}: {value}\r\n".encode("latin-1") for name, value in fields]
+    assert wants_accept_ch(lines) == _reference_accept_ch(lines)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [(), ("Accept: */*",), ("Save-Data: on",), ("Downlink: 1", "RTT: 300"), ("X-Edge-Quality: low",),
+     ("Accept: */*", "x-edge-quality: ultra", "ECT: 2g")],
+)
+@pytest.mark.parametrize("sample", [None, "fast", "slow", "expired"])
+def test_request_tier_is_choose_plus_set_header(headers: tuple[str, ...], sample: str | None) -> None:
+    clock = FakeClock()
+    clients = ClientMeasurements(min_seconds=0.0, idle_timeout=10.0)
+    if sample == "fast":
+        clients.observe_throughput("10.0.0.1", 10_000_000, 1.0, clock.now)
+        clients.observe_rtt("10.0.0.1", 0.01, clock.now)
+    elif sample in ("slow", "expired"):
+        clients.observe_throughput("10.0.0.1", 100_000, 1.0, clock.now)
+        clients.observe_rtt("10.0.0.1", 0.3, clock.now)
+    if sample == "expired":
+        clock.advance(11.0)
+    chooser = TierChooser(PROFILE)
+    for names_made in (False, True):  # the second time through the remembered choice
+        fast, slow = request("/", *headers), request("/", *headers)
+        if names_made:
+            assert fast.names is not None  # made before the tier is chosen (a limiter read a header)
+        expected = _reference_tier(chooser, slow, clients, "10.0.0.1", clock.now)
+        assert chooser.request_tier(fast, clients, "10.0.0.1", clock.now) is expected
+        assert fast.lines == slow.lines
+        assert header_value(fast.lines, "x-edge-quality") == [expected.name]
+        assert len(fast.names) == len(fast.lines)  # names, when made, stay in step
+
+
+def test_request_tier_follows_new_samples_and_expiry() -> None:
+    clock = FakeClock()
+    clients = ClientMeasurements(min_seconds=0.0, idle_timeout=10.0)
+    chooser = TierChooser(PROFILE)
+    assert chooser.request_tier(request("/"), clients, "10.0.0.1", clock.now).name == "high"
+    for _ in range(5):
+        clients.observe_throughput("10.0.0.1", 100_000, 1.0, clock.now)
+        clients.observe_rtt("10.0.0.1", 0.3, clock.now)
+    assert chooser.request_tier(request("/"), clients, "10.0.0.1", clock.now).name == "medium"
+    assert chooser.request_tier(request("/"), clients, "10.0.0.1", clock.now).name == "medium"  # remembered
+    clock.advance(10.0)  # idle for the whole timeout: forgotten
+    assert chooser.request_tier(request("/"), clients, "10.0.0.1", clock.now).name == "high"
+    assert len(clients) == 0
+
+
+def test_a_plain_tier_shares_one_object_and_a_stateful_tier_gets_its_own() -> None:
+    chooser = TierChooser(PROFILE)
+    high, medium = PROFILE.tiers[2], PROFILE.tiers[1]
+    shared = tier_features(chooser, high)
+    assert isinstance(shared, TierOnly) and chooser.shared["high"] is shared
+    assert shared.plain and shared.tier is high and shared.chooser is chooser
+    assert shared.key is None and shared.writer is None and shared.gzip is None and shared.pacer is None
+    assert shared.entry is None and shared.cache_status is None and not shared.revalidating
+    own = tier_features(chooser, medium)
+    assert type(own) is Features and not own.plain and own.tier is medium
+    assert tier_features(chooser, medium) is not own and "medium" not in chooser.shared
+    assert TierChooser(PROFILE).shared == {}  # a new policy load starts without
+
+
+@pytest.mark.parametrize(
+    "status, headers",
+    [
+        (200, ("Content-Type: text/html",)),
+        (200, ("Content-Type: image/png", "Vary: Accept-Encoding")),
+        (404, ("content-type: text/html; charset=utf-8",)),
+        (304, ("ETag: \"x\"",)),
+        (200, ()),
+    ],
+)
+@pytest.mark.parametrize("names_made", [False, True])
+def test_tier_only_head_is_the_features_head(status: int, headers: tuple[str, ...], names_made: bool) -> None:
+    chooser = TierChooser(PROFILE)
+    high = PROFILE.tiers[2]
+    shared, general = response(status, *headers), response(status, *headers)
+    if names_made:
+        assert shared.names is not None and general.names is not None
+    tier_features(chooser, high).tier_head(shared)
+    fx = Features()
+    fx.chooser, fx.tier = chooser, high
+    fx.response_head(general, request("/"), None, 0.0, 0.0)
+    assert shared.lines == general.lines
+    assert shared._names == general._names
+    if names_made:
+        assert len(shared.names) == len(shared.lines)
+
+
+def test_no_hints_requests_never_parse_hints() -> None:
+    assert ClientHints.from_head(request("/", "Accept: */*")) is NO_HINTS
