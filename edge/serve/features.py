@@ -130,15 +130,22 @@ class Features:
         if not plan.lookup:
             self.cache_status = "bypass"
             return "miss"
-        if not _CONDITIONAL_NAMES.isdisjoint(head.names):  # the client's own conditionals, if any
+        # request_plan_from_head made the names: no second property call (``or``: an empty list)
+        if not _CONDITIONAL_NAMES.isdisjoint(head._names or head.names):  # the client's own conditionals
             self.inm = head.header("if-none-match")
             self.ims = head.header("if-modified-since")
-        key = self.key = cache_key(head.host or b"", head.target, self.tier.name if self.tier else None, scheme)
+        tier = self.tier
+        key = self.key = cache_key(head.host or b"", head.target, tier.name if tier is not None else None, scheme)
         if store.remote:
             if head.has_body():  # a GET with a body: not worth a round trip
                 return self.settle(None, head, now)
             return "fetch"  # the shell awaits ``fetch``'s task, then calls settle
-        return self.settle(store.get(key, head.header, now, plan.explicit_only), head, now)
+        entry = store.get(key, head.header, now, plan.explicit_only)
+        if entry is not None and plan.any_fresh and now < entry.expires_at:  # settle's usual hit, inline
+            self.entry = entry
+            self.cache_status = "hit"
+            return "hit"
+        return self.settle(entry, head, now)
 
     def fetch(self, store: CacheStore, head: RequestHead, loop: asyncio.AbstractEventLoop) -> asyncio.Task:
         """The remote store's lookup for this request, as a task (``lookup`` said 'fetch')."""
@@ -167,16 +174,32 @@ class Features:
     def entry_response(self, entry: Entry, head: RequestHead, now: float, stale: bool, extra: bytes,
                        connection: bytes) -> tuple[int, bytes, list[bytes], int]:
         """(status, head bytes, body chunks, body size) of a response served from ``entry``."""
-        if not stale and not_modified(entry.etag, entry.last_modified, self.inm, self.ims):
+        inm = self.inm
+        ims = self.ims
+        if not stale and (inm is not None or ims is not None) and not_modified(entry.etag, entry.last_modified,
+                                                                               inm, ims):
             lines = entry.not_modified_lines(now)
             data = b"HTTP/1.1 304 Not Modified\r\n%s%s%s%s\r\n" % (b"".join(lines), self._tier_lines(), extra,
                                                                      connection)
             return 304, data, [], 0
-        block = b"".join(entry.head_lines(now, stale=True)) if stale else entry.head_block(now)
-        length = b"" if entry.status == 204 else b"Content-Length: %d\r\n" % entry.body_size  # RFC 9110 8.6
         tier = self._tier_lines() if self.chooser is not None else b""
-        data = b"HTTP/1.1 %d %s\r\n%s%s%s%s%s\r\n" % (entry.status, entry.reason, block, tier, length, extra,
-                                                     connection)
+        if stale:
+            length = b"" if entry.status == 204 else b"Content-Length: %d\r\n" % entry.body_size  # RFC 9110 8.6
+            data = b"HTTP/1.1 %d %s\r\n%s%s%s%s%s\r\n" % (entry.status, entry.reason,
+                                                         b"".join(entry.head_lines(now, stale=True)), tier, length,
+                                                         extra, connection)
+        else:
+            # A fresh hit: the status line with the stored lines, and the Content-Length line, are
+            # made once per entry (a committed body never changes; a refresh resets ``wire``);
+            # per hit only Age (``entry.age``, inline) and one join of the parts.
+            wire = entry.wire
+            if wire is None:
+                wire = entry.wire = (
+                    b"HTTP/1.1 %d %s\r\n" % (entry.status, entry.reason) + b"".join(entry.lines),
+                    b"" if entry.status == 204 else b"Content-Length: %d\r\n" % entry.body_size,  # RFC 9110 8.6
+                )
+            data = b"".join((wire[0], b"Age: %d\r\n" % int(entry.initial_age + (now - entry.stored_at)), tier,
+                             wire[1], extra, connection, b"\r\n"))
         chunks = [] if head.method == b"HEAD" else entry.chunks
         return entry.status, data, chunks, entry.body_size
 

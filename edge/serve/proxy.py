@@ -647,7 +647,7 @@ class ClientConnection(asyncio.Protocol):
         head = self._head
         route = self._route
         assert fx is not None and head is not None and route is not None
-        if head.has_body() and not self._req_done:
+        if (head.chunked or head.content_length) and not self._req_done:  # head.has_body(), without its call
             self._close_after = True
         connection = b"Connection: close\r\n" if self._close_after else (
             b"Connection: keep-alive\r\n" if head.version == b"1.0" else b"")
