@@ -180,7 +180,13 @@ _SWEEP_PER_INSERT = 4
 
 
 class Measurement:
-    """One client's averages; ``None`` until measured. ``fresh_until`` bounds its use."""
+    """One client's averages; ``None`` until measured. ``fresh_until`` bounds its use.
+
+    While ``now < fresh_until`` and ``memo`` is the same tuple, the client's tier without hints
+    is the one in ``memo``: every sample clears it, and an entry that leaves its store other
+    than by expiry (evicted, replaced) gets ``fresh_until = -inf``. A connection may so keep
+    its last decision (edge.serve.features.tier_memo) without looking the client up again.
+    """
 
     __slots__ = ("fresh_until", "memo", "rtt", "stamp", "throughput")
 
@@ -233,7 +239,7 @@ class ClientMeasurements:
                 del clients[ip]
             self._sweep(now, _SWEEP_PER_INSERT)
             while len(clients) >= self.max_clients:
-                clients.popitem(last=False)
+                clients.popitem(last=False)[1].fresh_until = -math.inf  # evicted: see Measurement
             entry = clients[ip] = Measurement(now, now + self.idle_timeout)
         else:
             clients.move_to_end(ip)
@@ -311,6 +317,9 @@ class ClientMeasurements:
             entry = Measurement(now, now + left)
             entry.throughput = _finite_or_none(throughput)
             entry.rtt = _finite_or_none(rtt)
+            old = clients.get(ip)
+            if old is not None:
+                old.fresh_until = -math.inf  # replaced: see Measurement
             clients[ip] = entry
 
 

@@ -42,7 +42,8 @@ from edge.quality import (
 if TYPE_CHECKING:
     from edge.policy.model import Tier
 
-__all__ = ["Features", "TierOnly", "tcp_rtt", "tier_features", "unacked_bytes", "wants_accept_ch"]
+__all__ = ["Features", "TierOnly", "tcp_rtt", "tier_features", "tier_memo", "tier_memo_holds", "unacked_bytes",
+           "wants_accept_ch"]
 
 _CONDITIONAL_NAMES = frozenset({b"if-none-match", b"if-modified-since"})
 
@@ -337,6 +338,10 @@ class TierOnly(Features):
         self.entry = None
         self.cache_status = None
         self.revalidating = False
+        # the last Content-Type line seen at its index, and whether it is HTML (tier_head)
+        self.ct_index = 0
+        self.ct_line: bytes | None = None
+        self.ct_html = False
 
     def response_head(self, rh: ResponseHead, head: RequestHead, store: CacheStore | None, now: float,
                       wall: float) -> None:
@@ -346,18 +351,18 @@ class TierOnly(Features):
     def tier_head(self, rh: ResponseHead) -> None:
         """Accept-CH (HTML only), the tier line and the profile's Vary: ``_tier_head`` without gzip.
 
-        The usual Content-Type check (``wants_accept_ch``'s first way) is inline: one call less
-        per response."""
+        The Content-Type check remembers the last response's Content-Type line and its index:
+        a head with the very same line there, and no "-" in the lines before it (so none of
+        them is another spelling of Content-Type), has the same answer. Same origin, same kind
+        of resource: the usual case costs a comparison and a short join, not a search."""
         lines = rh.lines
         names = rh._names
         if rh.status >= 200:
-            before, found, after = b"".join(lines).partition(b"Content-Type:")
-            if found and (not before or before[-1] == 10) and 45 not in before:
-                html = _HTML_VALUES.get(after.partition(b"\r")[0])
-                if html is None:
-                    html = wants_accept_ch(lines)
+            at = self.ct_index
+            if at < len(lines) and lines[at] == self.ct_line and 45 not in b"".join(lines[:at]):
+                html = self.ct_html
             else:
-                html = wants_accept_ch(lines)
+                html = self._content_type_html(lines)
             if html:
                 lines.append(ACCEPT_CH_LINE)
                 if names is not None:
@@ -365,6 +370,21 @@ class TierOnly(Features):
         lines += self.tail
         if names is not None:
             names += self.chooser.response_names
+
+    def _content_type_html(self, lines: list[bytes]) -> bool:
+        """``wants_accept_ch``, remembering the Content-Type line when found the usual way."""
+        before, found, _ = b"".join(lines).partition(b"Content-Type:")
+        # ``45 in before`` (45 = "-") is a memchr, where a bytes operand would cost an exception
+        if found and (not before or before[-1] == 10) and 45 not in before:
+            at = before.count(b"\n")  # each line ends with its one LF (the parser refuses bare ones)
+            line = lines[at] if at < len(lines) else b""
+            if line[:13] == b"Content-Type:":
+                html = _HTML_VALUES.get(line[13:-2])
+                if html is None:
+                    html = _remember_html(line[13:-2])
+                self.ct_index, self.ct_line, self.ct_html = at, line, html
+                return html
+        return wants_accept_ch(lines)
 
 
 def tier_features(chooser: TierChooser, tier: Tier) -> Features:
@@ -378,6 +398,38 @@ def tier_features(chooser: TierChooser, tier: Tier) -> Features:
         return fx
     fx = chooser.shared[tier.name] = TierOnly(chooser, tier)
     return fx
+
+
+def tier_memo(chooser: TierChooser, clients: ClientMeasurements, client: str, now: float,
+              fx: Features) -> tuple | None:
+    """What lets a connection reuse this request's tier for its next requests without hints:
+    (measurement, chooser, tier, the shared TierOnly, the upstream tier line), or None.
+
+    The shell's check, per request: the same chooser; the measurement's memo says this chooser
+    chose this tier (a sample clears it until the next choice remakes it, so connections of a
+    client keep their answer across samples that change nothing); ``now < fresh_until`` (not
+    expired, evicted or replaced: see ``Measurement``); a head with only common headers (no
+    hints; its names not made). Only for a client with a measurement (without one, "still
+    none" needs the lookup this saves) and a plain tier; the caller asks only for a connection
+    whose client address cannot change (not from a trusted proxy) and a head without rare headers.
+    """
+    if not fx.plain or chooser.header_is_common:
+        return None
+    entry = clients.get(client, now)
+    if entry is None:
+        return None
+    memo = entry.memo
+    if memo is None or memo[0] is not chooser or memo[1] is not fx.tier:
+        return None
+    return (entry, chooser, fx.tier, fx, chooser.header_lines[fx.tier.name])
+
+
+def tier_memo_holds(memo: tuple | None, chooser: TierChooser, head: RequestHead, now: float) -> bool:
+    """The check ``tier_memo`` describes; proxy.py's ``_admit`` has it inline (one call less
+    per request), this is its reference for the tests."""
+    return (memo is not None and memo[1] is chooser and (last := memo[0].memo) is not None
+            and last[0] is chooser and last[1] is memo[2] and now < memo[0].fresh_until
+            and not head.rare and head._names is None)
 
 
 def wants_accept_ch(lines: list[bytes]) -> bool:

@@ -30,7 +30,7 @@ from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import ProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
 from edge.ratelimit import ALLOWED
 from edge.route import normalize_host
-from edge.serve.features import Features, tcp_rtt, tier_features, unacked_bytes
+from edge.serve.features import Features, tcp_rtt, tier_features, tier_memo, unacked_bytes
 
 if TYPE_CHECKING:
     from edge.balance import UpstreamState
@@ -190,6 +190,7 @@ class ClientConnection(asyncio.Protocol):
         "_service",
         "_status",
         "_t0",
+        "_tier_memo",
         "_tls",
         "_to_lease",
         "_tried",
@@ -244,6 +245,7 @@ class ClientConnection(asyncio.Protocol):
         self._in_feed = False
         self._to_lease: UpstreamState | None = None
         self._rtt_seen = False
+        self._tier_memo: tuple | None = None  # this connection's last plain tier (features.tier_memo)
         self._drain_sample: list | None = None  # a throughput sample waiting for the client to drain
         self._reset()
 
@@ -692,8 +694,18 @@ class ClientConnection(asyncio.Protocol):
                 if rtt is not None:
                     server.clients.observe_rtt(client, rtt, now)
             if route.cache_ttl is None:  # a tier only: one shared object per tier unless it gzips or paces
+                # the last request's tier, while nothing it rests on changed (features.tier_memo_holds, inline)
+                memo = self._tier_memo
+                if (memo is not None and memo[1] is chooser and (last := memo[0].memo) is not None
+                        and last[0] is chooser and last[1] is memo[2] and now < memo[0].fresh_until
+                        and not head.rare and head._names is None):
+                    head.lines.append(memo[4])
+                    self._fx = memo[3]
+                    return True
                 tier = chooser.request_tier(head, server.clients, client, now)
-                self._fx = chooser.shared.get(tier.name) or tier_features(chooser, tier)
+                fx = self._fx = chooser.shared.get(tier.name) or tier_features(chooser, tier)
+                if not self.trusted and not head.rare:
+                    self._tier_memo = tier_memo(chooser, server.clients, client, now, fx)
                 return True
             fx = self._fx = Features()
             fx.choose_tier(chooser, head, server.clients, client, now)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from edge.policy.model import QualityProfile, Tier, TierCondition
 from edge.quality import NO_HINTS, ClientHints, ClientMeasurements, TierChooser, is_html, set_header
-from edge.serve.features import Features, TierOnly, tier_features, wants_accept_ch
+from edge.serve.features import Features, TierOnly, tier_features, tier_memo, tier_memo_holds, wants_accept_ch
 from tests.features.heads import FakeClock, header_value, request, response
 
 MBPS = 125_000.0
@@ -166,3 +166,134 @@ def test_tier_only_head_is_the_features_head(status: int, headers: tuple[str, ..
 
 def test_no_hints_requests_never_parse_hints() -> None:
     assert ClientHints.from_head(request("/", "Accept: */*")) is NO_HINTS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(_NAME, _VALUE), max_size=5), min_size=1, max_size=6))
+def test_the_remembered_content_type_answers_as_the_reference(heads: list[list[tuple[str, str]]]) -> None:
+    """One shared TierOnly over a sequence of heads: whatever it remembered from the previous
+    ones, each head gets Accept-CH exactly when the whole-head search says HTML."""
+    shared = tier_features(TierChooser(PROFILE), PROFILE.tiers[2])
+    assert isinstance(shared, TierOnly)
+    for fields in heads:
+        lines = [f"{name}: {value}\r\n".encode("latin-1") for name, value in fields]
+        rh = response(200)
+        rh.lines = list(lines)
+        shared.tier_head(rh)
+        assert (b"Accept-CH: Save-Data, Downlink, ECT, RTT\r\n" in rh.lines) == _reference_accept_ch(lines)
+
+
+def test_the_remembered_content_type_needs_the_same_line_at_the_same_place() -> None:
+    shared = tier_features(TierChooser(PROFILE), PROFILE.tiers[2])
+    html = ["Server: x", "Content-Type: text/html"]
+    for headers, expected in [
+        (html, True),
+        (html, True),  # remembered
+        (["Server: y", "Content-Type: text/html"], True),
+        (["Content-Type: text/html"], True),  # another place
+        (["Server: x", "Content-Type: text/plain"], False),  # another line
+        (["Server: x", "content-type: text/plain", "Content-Type: text/html"], False),
+        (["X-A: b", "Content-Type: text/html"], True),  # a "-" before it: searched
+        (["x-a: b", "Content-Type: text/plain"], False),
+    ]:
+        rh = response(200, *headers)
+        shared.tier_head(rh)
+        assert (b"Accept-CH: Save-Data, Downlink, ECT, RTT\r\n" in rh.lines) == expected, headers
+
+
+class _Connection:
+    """proxy.py's tier-only branch of ``_admit`` for one client connection (not from a trusted proxy)."""
+
+    def __init__(self, clients: ClientMeasurements, ip: str = "10.0.0.1") -> None:
+        self.clients, self.ip, self.memo, self.reused = clients, ip, None, 0
+
+    def tier(self, chooser: TierChooser, now: float, *headers: str):
+        head = request("/", *headers)
+        if tier_memo_holds(self.memo, chooser, head, now):
+            head.lines.append(self.memo[4])
+            fx = self.memo[3]
+            self.reused += 1
+        else:
+            tier = chooser.request_tier(head, self.clients, self.ip, now)
+            fx = chooser.shared.get(tier.name) or tier_features(chooser, tier)
+            if not head.rare:
+                self.memo = tier_memo(chooser, self.clients, self.ip, now, fx)
+        assert header_value(head.lines, "x-edge-quality") == [fx.tier.name]
+        return fx.tier
+
+
+def _reference(chooser: TierChooser, clients: ClientMeasurements, now: float, *headers: str):
+    return TierChooser(chooser.profile).choose(ClientHints.from_head(request("/", *headers)),
+                                               clients.get("10.0.0.1", now), now).name
+
+
+def test_a_connection_keeps_its_tier_until_a_sample_expiry_or_eviction_changes_it() -> None:
+    clock = FakeClock()
+    clients = ClientMeasurements(min_seconds=0.0, idle_timeout=10.0, max_clients=2)
+    chooser = TierChooser(PROFILE)
+    conn, other = _Connection(clients), _Connection(clients)
+    clients.observe_rtt("10.0.0.1", 0.01, clock.now)
+    assert conn.tier(chooser, clock.now).name == "high" and conn.memo is not None
+    assert conn.tier(chooser, clock.now).name == "high" and conn.reused == 1
+    clients.observe_rtt("10.0.0.1", 0.02, clock.now)  # a sample: no reuse until a choice remakes the memo
+    assert other.tier(chooser, clock.now).name == "high" and other.reused == 0
+    assert conn.tier(chooser, clock.now).name == "high" and conn.reused == 2  # remade by the other connection
+    assert conn.tier(chooser, clock.now, "Save-Data: on").name == "low"  # hints: never the memo
+    assert conn.tier(chooser, clock.now).name == "high" and conn.reused == 3
+    assert conn.tier(TierChooser(PROFILE), clock.now).name == "high" and conn.reused == 3  # another chooser
+    for _ in range(6):  # the link turned slow: medium (gzip: not shared, never remembered)
+        clients.observe_throughput("10.0.0.1", 100_000, 1.0, clock.now)
+        clients.observe_rtt("10.0.0.1", 0.3, clock.now)
+    assert conn.tier(chooser, clock.now).name == "medium" and conn.memo is None
+    clients.observe_throughput("10.0.0.1", 100_000_000, 1.0, clock.now)  # fast again
+    clients.observe_throughput("10.0.0.1", 100_000_000, 1.0, clock.now)
+    assert conn.tier(chooser, clock.now).name == "high" and conn.memo is not None
+    clock.advance(10.0)  # idle for the whole timeout: expired
+    assert not tier_memo_holds(conn.memo, chooser, request("/"), clock.now)
+    assert conn.tier(chooser, clock.now).name == "high" and conn.memo is None  # no measurement: no memo
+    clients.observe_rtt("10.0.0.1", 0.01, clock.now)
+    assert conn.tier(chooser, clock.now).name == "high" and conn.memo is not None
+    clients.observe_rtt("10.0.0.2", 0.01, clock.now)
+    clients.observe_rtt("10.0.0.3", 0.01, clock.now)  # max_clients 2: 10.0.0.1 evicted
+    assert not tier_memo_holds(conn.memo, chooser, request("/"), clock.now)
+
+
+def test_an_imported_measurement_replaces_a_remembered_one() -> None:
+    clock = FakeClock()
+    clients = ClientMeasurements(min_seconds=0.0, idle_timeout=100.0)
+    chooser = TierChooser(PROFILE)
+    conn = _Connection(clients)
+    clients.observe_rtt("10.0.0.1", 0.01, clock.now)
+    assert conn.tier(chooser, clock.now).name == "high" and conn.memo is not None
+    clients.import_state({"10.0.0.1": [100_000.0, 0.3, 50.0]}, clock.now)  # a reload's slow client
+    assert not tier_memo_holds(conn.memo, chooser, request("/"), clock.now)
+    assert conn.tier(chooser, clock.now).name == "medium"
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("rtt"), st.sampled_from(["10.0.0.1", "10.0.0.2"]), st.sampled_from([0.01, 0.2, 0.5])),
+    st.tuples(st.just("throughput"), st.sampled_from(["10.0.0.1", "10.0.0.2"]),
+              st.sampled_from([100_000, 5_000_000, 100_000_000])),
+    st.tuples(st.just("advance"), st.just(""), st.sampled_from([0.5, 4.0, 11.0])),
+    st.tuples(st.just("request"), st.sampled_from([0, 1]), st.sampled_from(["", "Save-Data: on", "RTT: 400"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_STEP, max_size=30))
+def test_a_remembered_tier_is_always_the_tier_chosen_afresh(steps: list[tuple]) -> None:
+    clock = FakeClock()
+    clients = ClientMeasurements(min_seconds=0.0, idle_timeout=10.0, max_clients=2)
+    chooser = TierChooser(PROFILE)
+    connections = [_Connection(clients), _Connection(clients)]
+    for kind, what, value in steps:
+        if kind == "rtt":
+            clients.observe_rtt(what, value, clock.now)
+        elif kind == "throughput":
+            clients.observe_throughput(what, value, 1.0, clock.now)
+        elif kind == "advance":
+            clock.advance(value)
+        else:
+            headers = (value,) if value else ()
+            expected = _reference(chooser, clients, clock.now, *headers)
+            assert connections[what].tier(chooser, clock.now, *headers).name == expected
