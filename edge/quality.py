@@ -373,9 +373,10 @@ class TierChooser:
         vary_lines = (self.vary_line,) if self.vary else ()
         self.response_tails = {name: (line, *vary_lines) for name, line in self.header_lines.items()}
         self.response_names = (self.lheader, *vary_names)
-        # Per tier name, an object the shell shares among that tier's requests (edge.serve.features
-        # fills it on first use; nothing here reads it). A new policy load starts empty.
-        self.shared: dict[str, object] = {}
+        # Per tier (by id: names may repeat in a profile, with different settings), an object the
+        # shell shares among that tier's requests (edge.serve.features fills it on first use;
+        # nothing here reads it). A new policy load starts empty.
+        self.shared: dict[int, object] = {}
         # The tier of a client with neither hints nor a fresh measurement (most requests).
         self._unsignalled = self._choose(NO_HINTS, None, 0.0)
 

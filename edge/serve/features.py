@@ -396,7 +396,7 @@ def tier_features(chooser: TierChooser, tier: Tier) -> Features:
         fx.chooser = chooser
         fx.tier = tier
         return fx
-    fx = chooser.shared[tier.name] = TierOnly(chooser, tier)
+    fx = chooser.shared[id(tier)] = TierOnly(chooser, tier)
     return fx
 
 

@@ -703,7 +703,7 @@ class ClientConnection(asyncio.Protocol):
                     self._fx = memo[3]
                     return True
                 tier = chooser.request_tier(head, server.clients, client, now)
-                fx = self._fx = chooser.shared.get(tier.name) or tier_features(chooser, tier)
+                fx = self._fx = chooser.shared.get(id(tier)) or tier_features(chooser, tier)
                 if not self.trusted and not head.rare:
                     self._tier_memo = tier_memo(chooser, server.clients, client, now, fx)
                 return True

@@ -127,13 +127,13 @@ def test_a_plain_tier_shares_one_object_and_a_stateful_tier_gets_its_own() -> No
     chooser = TierChooser(PROFILE)
     high, medium = PROFILE.tiers[2], PROFILE.tiers[1]
     shared = tier_features(chooser, high)
-    assert isinstance(shared, TierOnly) and chooser.shared["high"] is shared
+    assert isinstance(shared, TierOnly) and chooser.shared[id(high)] is shared
     assert shared.plain and shared.tier is high and shared.chooser is chooser
     assert shared.key is None and shared.writer is None and shared.gzip is None and shared.pacer is None
     assert shared.entry is None and shared.cache_status is None and not shared.revalidating
     own = tier_features(chooser, medium)
     assert type(own) is Features and not own.plain and own.tier is medium
-    assert tier_features(chooser, medium) is not own and "medium" not in chooser.shared
+    assert tier_features(chooser, medium) is not own and id(medium) not in chooser.shared
     assert TierChooser(PROFILE).shared == {}  # a new policy load starts without
 
 
@@ -215,7 +215,7 @@ class _Connection:
             self.reused += 1
         else:
             tier = chooser.request_tier(head, self.clients, self.ip, now)
-            fx = chooser.shared.get(tier.name) or tier_features(chooser, tier)
+            fx = chooser.shared.get(id(tier)) or tier_features(chooser, tier)
             if not head.rare:
                 self.memo = tier_memo(chooser, self.clients, self.ip, now, fx)
         assert header_value(head.lines, "x-edge-quality") == [fx.tier.name]
@@ -297,3 +297,14 @@ def test_a_remembered_tier_is_always_the_tier_chosen_afresh(steps: list[tuple]) 
             headers = (value,) if value else ()
             expected = _reference(chooser, clients, clock.now, *headers)
             assert connections[what].tier(chooser, clock.now, *headers).name == expected
+
+
+def test_tiers_of_one_name_are_shared_apart() -> None:
+    """Names may repeat in a profile (the SPEC's example has two "low"), settings too may differ."""
+    plain, gzipped = Tier("low", when=TierCondition(save_data=True)), Tier("low", compress=True)
+    chooser = TierChooser(QualityProfile(tiers=(plain, gzipped, Tier("high"))))
+    first = chooser.shared.get(id(plain)) or tier_features(chooser, plain)
+    assert isinstance(first, TierOnly) and first.tier is plain
+    second = chooser.shared.get(id(gzipped)) or tier_features(chooser, gzipped)
+    assert type(second) is Features and second.tier is gzipped
+    assert (chooser.shared.get(id(plain)) or tier_features(chooser, plain)) is first
