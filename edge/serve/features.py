@@ -135,7 +135,9 @@ class Features:
         if not _CONDITIONAL_NAMES.isdisjoint(head._names or head.names):  # the client's own conditionals
             self.inm = head.header("if-none-match")
             self.ims = head.header("if-modified-since")
-        tier = self.tier
+        else:  # stored on the object: a class default read through it is a generic lookup (3.11)
+            self.inm = self.ims = None
+        tier = self.tier = self.tier  # likewise, for entry_response and the access log
         key = self.key = cache_key(head.host or b"", head.target, tier.name if tier is not None else None, scheme)
         if store.remote:
             if head.has_body():  # a GET with a body: not worth a round trip
@@ -183,7 +185,7 @@ class Features:
             data = b"HTTP/1.1 304 Not Modified\r\n%s%s%s%s\r\n" % (b"".join(lines), self._tier_lines(), extra,
                                                                      connection)
             return 304, data, [], 0
-        tier = self._tier_lines() if self.chooser is not None else b""
+        tier = self._tier_lines() if self.tier is not None else b""  # set with the chooser (choose_tier)
         if stale:
             length = b"" if entry.status == 204 else b"Content-Length: %d\r\n" % entry.body_size  # RFC 9110 8.6
             data = b"HTTP/1.1 %d %s\r\n%s%s%s%s%s\r\n" % (entry.status, entry.reason,
