@@ -346,8 +346,8 @@ class _Condition:
 class TierChooser:
     """A profile compiled once per policy load; ``choose`` is the per-request call."""
 
-    __slots__ = ("_conditions", "_unsignalled", "default", "header_is_common", "header_lines", "header_name", "lheader",
-                 "profile", "response_names", "response_tails", "shared", "tiers", "vary", "vary_line")
+    __slots__ = ("_conditions", "_memos", "_unsignalled", "default", "header_is_common", "header_lines", "header_name",
+                 "lheader", "profile", "response_names", "response_tails", "shared", "tiers", "vary", "vary_line")
 
     def __init__(self, profile: QualityProfile) -> None:
         self.profile = profile
@@ -377,6 +377,9 @@ class TierChooser:
         # shell shares among that tier's requests (edge.serve.features fills it on first use;
         # nothing here reads it). A new policy load starts empty.
         self.shared: dict[int, object] = {}
+        # Measurement.memo values: one (chooser, tier) tuple per tier, so that a memo remade after
+        # a sample that changed nothing is the very same object (a connection's kept tier holds).
+        self._memos = {id(t): (self, t) for t in profile.tiers}
         # The tier of a client with neither hints nor a fresh measurement (most requests).
         self._unsignalled = self._choose(NO_HINTS, None, 0.0)
 
@@ -390,7 +393,7 @@ class TierChooser:
             if memo is not None and memo[0] is self:
                 return memo[1]
             tier = self._choose(hints, measured, now)
-            measured.memo = (self, tier)
+            measured.memo = self._memos[id(tier)]
             return tier
         return self._choose(hints, measured, now)
 
@@ -419,7 +422,7 @@ class TierChooser:
                 tier = memo[1]
             else:
                 tier = self._choose(NO_HINTS, entry, now)
-                entry.memo = (self, tier)
+                entry.memo = self._memos[id(tier)]
         head.lines.append(self.header_lines[tier.name])
         names = head._names  # kept in step only when already made (the parser makes none)
         if names is not None:

@@ -405,11 +405,12 @@ def tier_features(chooser: TierChooser, tier: Tier) -> Features:
 def tier_memo(chooser: TierChooser, clients: ClientMeasurements, client: str, now: float,
               fx: Features) -> tuple | None:
     """What lets a connection reuse this request's tier for its next requests without hints:
-    (measurement, chooser, tier, the shared TierOnly, the upstream tier line), or None.
+    (measurement, its memo, chooser, the shared TierOnly, the upstream tier line), or None.
 
-    The shell's check, per request: the same chooser; the measurement's memo says this chooser
-    chose this tier (a sample clears it until the next choice remakes it, so connections of a
-    client keep their answer across samples that change nothing); ``now < fresh_until`` (not
+    The shell's check, per request: the measurement's memo is still that (chooser, tier) tuple
+    (a sample clears it until the next choice remakes it; the chooser has one tuple per tier,
+    so connections of a client keep their answer across samples that change nothing); the
+    same chooser; ``now < fresh_until`` (not
     expired, evicted or replaced: see ``Measurement``); a head with only common headers (no
     hints; its names not made). Only for a client with a measurement (without one, "still
     none" needs the lookup this saves) and a plain tier; the caller asks only for a connection
@@ -423,14 +424,13 @@ def tier_memo(chooser: TierChooser, clients: ClientMeasurements, client: str, no
     memo = entry.memo
     if memo is None or memo[0] is not chooser or memo[1] is not fx.tier:
         return None
-    return (entry, chooser, fx.tier, fx, chooser.header_lines[fx.tier.name])
+    return (entry, memo, chooser, fx, chooser.header_lines[fx.tier.name])
 
 
 def tier_memo_holds(memo: tuple | None, chooser: TierChooser, head: RequestHead, now: float) -> bool:
     """The check ``tier_memo`` describes; proxy.py's ``_admit`` has it inline (one call less
     per request), this is its reference for the tests."""
-    return (memo is not None and memo[1] is chooser and (last := memo[0].memo) is not None
-            and last[0] is chooser and last[1] is memo[2] and now < memo[0].fresh_until
+    return (memo is not None and memo[0].memo is memo[1] and memo[2] is chooser and now < memo[0].fresh_until
             and not head.rare and head._names is None)
 
 

@@ -696,9 +696,8 @@ class ClientConnection(asyncio.Protocol):
             if route.cache_ttl is None:  # a tier only: one shared object per tier unless it gzips or paces
                 # the last request's tier, while nothing it rests on changed (features.tier_memo_holds, inline)
                 memo = self._tier_memo
-                if (memo is not None and memo[1] is chooser and (last := memo[0].memo) is not None
-                        and last[0] is chooser and last[1] is memo[2] and now < memo[0].fresh_until
-                        and not head.rare and head._names is None):
+                if (memo is not None and memo[0].memo is memo[1] and memo[2] is chooser
+                        and now < memo[0].fresh_until and not head.rare and head._names is None):
                     head.lines.append(memo[4])
                     self._fx = memo[3]
                     return True
