@@ -180,7 +180,13 @@ _SWEEP_PER_INSERT = 4
 
 
 class Measurement:
-    """One client's averages; ``None`` until measured. ``fresh_until`` bounds its use."""
+    """One client's averages; ``None`` until measured. ``fresh_until`` bounds its use.
+
+    While ``now < fresh_until`` and ``memo`` is the same tuple, the client's tier without hints
+    is the one in ``memo``: every sample clears it, and an entry that leaves its store other
+    than by expiry (evicted, replaced) gets ``fresh_until = -inf``. A connection may so keep
+    its last decision (edge.serve.features.tier_memo) without looking the client up again.
+    """
 
     __slots__ = ("fresh_until", "memo", "rtt", "stamp", "throughput")
 
@@ -233,7 +239,7 @@ class ClientMeasurements:
                 del clients[ip]
             self._sweep(now, _SWEEP_PER_INSERT)
             while len(clients) >= self.max_clients:
-                clients.popitem(last=False)
+                clients.popitem(last=False)[1].fresh_until = -math.inf  # evicted: see Measurement
             entry = clients[ip] = Measurement(now, now + self.idle_timeout)
         else:
             clients.move_to_end(ip)
@@ -311,6 +317,9 @@ class ClientMeasurements:
             entry = Measurement(now, now + left)
             entry.throughput = _finite_or_none(throughput)
             entry.rtt = _finite_or_none(rtt)
+            old = clients.get(ip)
+            if old is not None:
+                old.fresh_until = -math.inf  # replaced: see Measurement
             clients[ip] = entry
 
 
@@ -337,8 +346,8 @@ class _Condition:
 class TierChooser:
     """A profile compiled once per policy load; ``choose`` is the per-request call."""
 
-    __slots__ = ("_conditions", "_unsignalled", "default", "header_is_common", "header_lines", "header_name", "lheader",
-                 "profile", "tiers", "vary", "vary_line")
+    __slots__ = ("_conditions", "_memos", "_unsignalled", "default", "header_is_common", "header_lines", "header_name",
+                 "lheader", "profile", "response_names", "response_tails", "shared", "tiers", "vary", "vary_line")
 
     def __init__(self, profile: QualityProfile) -> None:
         self.profile = profile
@@ -358,6 +367,19 @@ class TierChooser:
         self.vary = vary_tokens(profile)
         # ``Vary`` for a response that has none of its own: the common case, made once.
         self.vary_line = ("Vary: " + ", ".join(self.vary) + "\r\n").encode("latin-1") if self.vary else b""
+        # What a response gets per tier after any Accept-CH: the tier line, then Vary when the
+        # profile has one; names parallel to it. Made once, added with one list ``+=``.
+        vary_names = (b"vary",) if self.vary else ()
+        vary_lines = (self.vary_line,) if self.vary else ()
+        self.response_tails = {name: (line, *vary_lines) for name, line in self.header_lines.items()}
+        self.response_names = (self.lheader, *vary_names)
+        # Per tier (by id: names may repeat in a profile, with different settings), an object the
+        # shell shares among that tier's requests (edge.serve.features fills it on first use;
+        # nothing here reads it). A new policy load starts empty.
+        self.shared: dict[int, object] = {}
+        # Measurement.memo values: one (chooser, tier) tuple per tier, so that a memo remade after
+        # a sample that changed nothing is the very same object (a connection's kept tier holds).
+        self._memos = {id(t): (self, t) for t in profile.tiers}
         # The tier of a client with neither hints nor a fresh measurement (most requests).
         self._unsignalled = self._choose(NO_HINTS, None, 0.0)
 
@@ -371,9 +393,41 @@ class TierChooser:
             if memo is not None and memo[0] is self:
                 return memo[1]
             tier = self._choose(hints, measured, now)
-            measured.memo = (self, tier)
+            measured.memo = self._memos[id(tier)]
             return tier
         return self._choose(hints, measured, now)
+
+    def request_tier(self, head, clients: ClientMeasurements, ip: str, now: float) -> Tier:
+        """The tier of one request (a ``RequestHead``), put in its head for the upstream in the
+        profile's header (a client-sent one is replaced, never trusted).
+
+        The usual request has only common headers (``head.rare`` false: no hints, nothing to
+        replace) and is decided here in this one call: the client's measurement and its memo,
+        as ``choose`` would, without the three calls that cost more than the dict lookup they
+        wrap (87 bytecodes in three calls per request before, one call of 40 now).
+        """
+        if head.rare or self.header_is_common:  # hints, or a client-sent tier header, may be there
+            tier = self.choose(ClientHints.from_head(head), clients.get(ip, now), now)
+            set_header(head.lines, head.names, self.lheader, self.header_lines[tier.name])
+            return tier
+        entry = clients._clients.get(ip)
+        if entry is None:
+            tier = self._unsignalled
+        elif entry.fresh_until <= now:
+            clients.get(ip, now)  # forgets it, as a lookup does
+            tier = self._unsignalled
+        else:
+            memo = entry.memo
+            if memo is not None and memo[0] is self:
+                tier = memo[1]
+            else:
+                tier = self._choose(NO_HINTS, entry, now)
+                entry.memo = self._memos[id(tier)]
+        head.lines.append(self.header_lines[tier.name])
+        names = head._names  # kept in step only when already made (the parser makes none)
+        if names is not None:
+            names.append(self.lheader)
+        return tier
 
     def _choose(self, hints: ClientHints, measured: Measurement | None, now: float) -> Tier:
         # The lower downlink and the higher rtt of hint and measurement (either may be None).

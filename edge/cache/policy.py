@@ -179,10 +179,9 @@ def cache_key(host: bytes, target: bytes, tier: str | None = None, scheme: bytes
     """The primary key. HEAD and GET share it (only they are cached, so the method is not
     in it); the quality tier is, since the upstream was told the tier and may have answered
     differently. Host is case-insensitive; the target is taken as sent."""
-    key = scheme + b"|" + host.lower() + b"|" + target
-    if tier:
-        key += b"|" + tier.encode("latin-1")
-    return key
+    if tier:  # one join, not four concatenations (the same bytes: Redis keys stay as they were)
+        return b"|".join((scheme, host.lower(), target, tier.encode("latin-1")))
+    return b"|".join((scheme, host.lower(), target))
 
 
 def vary_names(value: str | None) -> tuple[bytes, ...] | None:
@@ -216,7 +215,8 @@ def vary_values(names: tuple[bytes, ...], get_header: Callable[[str], str | None
 class RequestPlan:
     """What the cache may do for one request; the common plans are shared constants."""
 
-    __slots__ = ("explicit_only", "lookup", "max_age", "min_fresh", "only_if_cached", "revalidate", "store")
+    __slots__ = ("any_fresh", "explicit_only", "lookup", "max_age", "min_fresh", "only_if_cached", "revalidate",
+                 "store")
 
     def __init__(
         self,
@@ -236,6 +236,9 @@ class RequestPlan:
         self.max_age = max_age  # the client accepts nothing older
         self.min_fresh = min_fresh  # the client wants at least this much freshness left
         self.only_if_cached = only_if_cached  # a miss is answered 504, never forwarded
+        # Any fresh entry satisfies it (``Entry.satisfies`` is then ``now < expires_at``):
+        # lets the shell decide the usual hit without that call.
+        self.any_fresh = not revalidate and max_age is None and min_fresh is None
 
     def __repr__(self) -> str:
         return (

@@ -97,7 +97,7 @@ def decode_entry(blob: bytes, wall_offset: float, field: bytes = b"") -> Entry |
     entry.status = status
     entry.reason = reason
     entry.lines = lines
-    entry._block = None
+    entry.wire = None
     entry.names = names
     entry.chunks = [body] if body else []
     entry.body_size = len(body)
@@ -234,7 +234,7 @@ class RedisStore:
     def refresh(self, entry: Entry, lines: list[bytes], names: list[bytes], plan: ResponsePlan, now: float) -> None:
         """A 304 revalidated ``entry``: store it again with the merged lines and new freshness."""
         entry.lines, entry.names = _strip_age(lines, names)
-        entry._block = None
+        entry.wire = None
         entry._apply(plan, now)
         if not isinstance(entry.vkey, bytes):
             entry.vkey = b""

@@ -50,7 +50,6 @@ class Entry:
     Content-Length, Age and hop-by-hop fields; ``chunks`` its whole body."""
 
     __slots__ = (
-        "_block",
         "body_size",
         "chunks",
         "cost",
@@ -70,6 +69,7 @@ class Entry:
         "stored_at",
         "vary",
         "vkey",
+        "wire",
     )
 
     def __init__(self, key: bytes, status: int, reason: bytes, lines: list[bytes], names: list[bytes],
@@ -79,7 +79,9 @@ class Entry:
         self.status = status
         self.reason = reason
         self.lines = lines
-        self._block: bytes | None = None  # the lines joined, made on the first hit
+        # (status line + stored lines, Content-Length line) of HTTP/1.1 hits, joined by the shell
+        # on the first hit (edge.serve.features); None until then and after a refresh.
+        self.wire: tuple[bytes, bytes] | None = None
         self.names = names
         self.chunks: list[bytes] = []
         self.body_size = 0
@@ -135,14 +137,6 @@ class Entry:
         if stale:
             out.append(_WARNING_STALE)
         return out
-
-    def head_block(self, now: float) -> bytes:
-        """``head_lines`` of a fresh hit as one bytes object: the stored lines are joined once
-        per entry, and only ``Age`` is made per hit."""
-        block = self._block
-        if block is None:
-            block = self._block = b"".join(self.lines)
-        return block + b"Age: %d\r\n" % int(self.age(now))
 
     def not_modified_lines(self, now: float) -> list[bytes]:
         """Header lines of a 304 answered from this entry."""
@@ -324,7 +318,7 @@ class MemoryStore:
         old = _lines_size(entry.lines)
         new = _lines_size(lines)
         entry.lines = lines
-        entry._block = None
+        entry.wire = None
         entry.names = names
         entry._apply(plan, now)
         if self._entries.get(entry.vkey) is entry:

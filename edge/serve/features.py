@@ -29,8 +29,6 @@ from edge.cache.store import CacheStore, Entry, EntryWriter
 from edge.http.h1 import RequestHead, ResponseHead
 from edge.quality import (
     ACCEPT_CH_LINE,
-    NO_HINTS,
-    ClientHints,
     ClientMeasurements,
     GzipStream,
     Pacer,
@@ -38,14 +36,14 @@ from edge.quality import (
     compressed_head,
     compression_level,
     is_html,
-    set_header,
     should_compress,
 )
 
 if TYPE_CHECKING:
     from edge.policy.model import Tier
 
-__all__ = ["Features", "tcp_rtt", "unacked_bytes"]
+__all__ = ["Features", "TierOnly", "tcp_rtt", "tier_features", "tier_memo", "tier_memo_holds", "unacked_bytes",
+           "wants_accept_ch"]
 
 _CONDITIONAL_NAMES = frozenset({b"if-none-match", b"if-modified-since"})
 
@@ -96,6 +94,7 @@ class Features:
     object is made per request on every quality or cache route).
     """
 
+    plain = False  # True on the shared TierOnly: the shells skip the per-request cache work
     chooser: TierChooser | None = None
     tier: Tier | None = None
     plan = None
@@ -115,17 +114,8 @@ class Features:
     def choose_tier(self, chooser: TierChooser, head: RequestHead, clients: ClientMeasurements, client: str,
                     now: float) -> None:
         """Pick the tier and put it in the upstream request (a client-sent value is replaced)."""
-        if head.rare or chooser.header_is_common:  # hints, or a client-sent tier header, may be there
-            tier = chooser.choose(ClientHints.from_head(head), clients.get(client, now), now)
-            set_header(head.lines, head.names, chooser.lheader, chooser.header_lines[tier.name])
-        else:  # only common headers arrived: no hints, nothing to replace (no names list needed)
-            tier = chooser.choose(NO_HINTS, clients.get(client, now), now)
-            line = chooser.header_lines[tier.name]
-            head.lines.append(line)
-            if head._names is not None:
-                head._names.append(chooser.lheader)
         self.chooser = chooser
-        self.tier = tier
+        self.tier = chooser.request_tier(head, clients, client, now)
 
     def lookup(self, store: CacheStore, head: RequestHead, scheme: bytes, ttl: float, now: float) -> str:
         """'hit' (answer from ``self.entry``), 'miss' (forward), 'only-if-cached' (504), or
@@ -141,15 +131,24 @@ class Features:
         if not plan.lookup:
             self.cache_status = "bypass"
             return "miss"
-        if not _CONDITIONAL_NAMES.isdisjoint(head.names):  # the client's own conditionals, if any
+        # request_plan_from_head made the names: no second property call (``or``: an empty list)
+        if not _CONDITIONAL_NAMES.isdisjoint(head._names or head.names):  # the client's own conditionals
             self.inm = head.header("if-none-match")
             self.ims = head.header("if-modified-since")
-        key = self.key = cache_key(head.host or b"", head.target, self.tier.name if self.tier else None, scheme)
+        else:  # stored on the object: a class default read through it is a generic lookup (3.11)
+            self.inm = self.ims = None
+        tier = self.tier = self.tier  # likewise, for entry_response and the access log
+        key = self.key = cache_key(head.host or b"", head.target, tier.name if tier is not None else None, scheme)
         if store.remote:
             if head.has_body():  # a GET with a body: not worth a round trip
                 return self.settle(None, head, now)
             return "fetch"  # the shell awaits ``fetch``'s task, then calls settle
-        return self.settle(store.get(key, head.header, now, plan.explicit_only), head, now)
+        entry = store.get(key, head.header, now, plan.explicit_only)
+        if entry is not None and plan.any_fresh and now < entry.expires_at:  # settle's usual hit, inline
+            self.entry = entry
+            self.cache_status = "hit"
+            return "hit"
+        return self.settle(entry, head, now)
 
     def fetch(self, store: CacheStore, head: RequestHead, loop: asyncio.AbstractEventLoop) -> asyncio.Task:
         """The remote store's lookup for this request, as a task (``lookup`` said 'fetch')."""
@@ -178,16 +177,32 @@ class Features:
     def entry_response(self, entry: Entry, head: RequestHead, now: float, stale: bool, extra: bytes,
                        connection: bytes) -> tuple[int, bytes, list[bytes], int]:
         """(status, head bytes, body chunks, body size) of a response served from ``entry``."""
-        if not stale and not_modified(entry.etag, entry.last_modified, self.inm, self.ims):
+        inm = self.inm
+        ims = self.ims
+        if not stale and (inm is not None or ims is not None) and not_modified(entry.etag, entry.last_modified,
+                                                                               inm, ims):
             lines = entry.not_modified_lines(now)
             data = b"HTTP/1.1 304 Not Modified\r\n%s%s%s%s\r\n" % (b"".join(lines), self._tier_lines(), extra,
                                                                      connection)
             return 304, data, [], 0
-        block = b"".join(entry.head_lines(now, stale=True)) if stale else entry.head_block(now)
-        length = b"" if entry.status == 204 else b"Content-Length: %d\r\n" % entry.body_size  # RFC 9110 8.6
-        tier = self._tier_lines() if self.chooser is not None else b""
-        data = b"HTTP/1.1 %d %s\r\n%s%s%s%s%s\r\n" % (entry.status, entry.reason, block, tier, length, extra,
-                                                     connection)
+        tier = self._tier_lines() if self.tier is not None else b""  # set with the chooser (choose_tier)
+        if stale:
+            length = b"" if entry.status == 204 else b"Content-Length: %d\r\n" % entry.body_size  # RFC 9110 8.6
+            data = b"HTTP/1.1 %d %s\r\n%s%s%s%s%s\r\n" % (entry.status, entry.reason,
+                                                         b"".join(entry.head_lines(now, stale=True)), tier, length,
+                                                         extra, connection)
+        else:
+            # A fresh hit: the status line with the stored lines, and the Content-Length line, are
+            # made once per entry (a committed body never changes; a refresh resets ``wire``);
+            # per hit only Age (``entry.age``, inline) and one join of the parts.
+            wire = entry.wire
+            if wire is None:
+                wire = entry.wire = (
+                    b"HTTP/1.1 %d %s\r\n" % (entry.status, entry.reason) + b"".join(entry.lines),
+                    b"" if entry.status == 204 else b"Content-Length: %d\r\n" % entry.body_size,  # RFC 9110 8.6
+                )
+            data = b"".join((wire[0], b"Age: %d\r\n" % int(entry.initial_age + (now - entry.stored_at)), tier,
+                             wire[1], extra, connection, b"\r\n"))
         chunks = [] if head.method == b"HEAD" else entry.chunks
         return entry.status, data, chunks, entry.body_size
 
@@ -269,22 +284,13 @@ class Features:
                 self.gzip = GzipStream(compression_level(tier))
         lines = rh.lines
         names = rh._names
-        if rh.status >= 200:
-            blob = b"\n" + b"".join(lines).lower()
-            start = blob.find(b"\ncontent-type:")
-            if start >= 0:
-                end = blob.find(b"\r", start)
-                if b"html" in blob[start:end] and is_html(blob[start + 14 : end].decode("latin-1")):
-                    lines.append(ACCEPT_CH_LINE)
-                    if names is not None:
-                        names.append(b"accept-ch")
-        lines.append(chooser.header_lines[tier.name])
-        if names is not None:
-            names.append(chooser.lheader)
-        if chooser.vary:  # the line is made once per profile
-            lines.append(chooser.vary_line)
+        if rh.status >= 200 and wants_accept_ch(lines):
+            lines.append(ACCEPT_CH_LINE)
             if names is not None:
-                names.append(b"vary")
+                names.append(b"accept-ch")
+        lines += chooser.response_tails[tier.name]  # the tier line, and Vary (made once per profile)
+        if names is not None:
+            names += chooser.response_names
 
     def body(self, data: bytes) -> bytes:
         """Store the upstream's bytes (uncompressed), return what goes to the client."""
@@ -309,6 +315,165 @@ class Features:
             self.writer = None
             writer.abandon()
 
+
+
+class TierOnly(Features):
+    """The ``Features`` of every request of one tier on a route without ``cache:``, when the
+    tier neither compresses nor paces: nothing in it changes per request, so one object per
+    (profile, tier) serves them all (``TierChooser.shared``) and a request allocates none.
+
+    The shells only read it (``sent_at`` is written for cached routes only; ``cache_status``
+    only with a cache entry, which it never has); ``response_head`` adds the tier's lines.
+    """
+
+    def __init__(self, chooser: TierChooser, tier: Tier) -> None:
+        self.chooser = chooser
+        self.tier = tier
+        self.tail = chooser.response_tails[tier.name]
+        # What the shells read, as instance attributes: a class default read through an
+        # instance is a generic lookup (type, then dict) that 3.11 does not specialise.
+        self.plain = True
+        self.key = None
+        self.writer = None
+        self.gzip = None
+        self.pacer = None
+        self.entry = None
+        self.cache_status = None
+        self.revalidating = False
+        # the last Content-Type line seen at its index, and whether it is HTML (tier_head)
+        self.ct_index = 0
+        self.ct_line: bytes | None = None
+        self.ct_html = False
+
+    def response_head(self, rh: ResponseHead, head: RequestHead, store: CacheStore | None, now: float,
+                      wall: float) -> None:
+        """``Features.response_head`` for a plain tier: only its lines (``tier_head``)."""
+        self.tier_head(rh)
+
+    def tier_head(self, rh: ResponseHead) -> None:
+        """Accept-CH (HTML only), the tier line and the profile's Vary: ``_tier_head`` without gzip.
+
+        The Content-Type check remembers the last response's Content-Type line and its index:
+        a head with the very same line there, and no "-" in the lines before it (so none of
+        them is another spelling of Content-Type), has the same answer. Same origin, same kind
+        of resource: the usual case costs a comparison and a short join, not a search."""
+        lines = rh.lines
+        names = rh._names
+        if rh.status >= 200:
+            at = self.ct_index
+            if at < len(lines) and lines[at] == self.ct_line and 45 not in b"".join(lines[:at]):
+                html = self.ct_html
+            else:
+                html = self._content_type_html(lines)
+            if html:
+                lines.append(ACCEPT_CH_LINE)
+                if names is not None:
+                    names.append(b"accept-ch")
+        lines += self.tail
+        if names is not None:
+            names += self.chooser.response_names
+
+    def _content_type_html(self, lines: list[bytes]) -> bool:
+        """``wants_accept_ch``, remembering the Content-Type line when found the usual way."""
+        before, found, _ = b"".join(lines).partition(b"Content-Type:")
+        # ``45 in before`` (45 = "-") is a memchr, where a bytes operand would cost an exception
+        if found and (not before or before[-1] == 10) and 45 not in before:
+            at = before.count(b"\n")  # each line ends with its one LF (the parser refuses bare ones)
+            line = lines[at] if at < len(lines) else b""
+            if line[:13] == b"Content-Type:":
+                html = _HTML_VALUES.get(line[13:-2])
+                if html is None:
+                    html = _remember_html(line[13:-2])
+                self.ct_index, self.ct_line, self.ct_html = at, line, html
+                return html
+        return wants_accept_ch(lines)
+
+
+def tier_features(chooser: TierChooser, tier: Tier) -> Features:
+    """The ``Features`` of a request whose only feature is ``tier`` (a route without ``cache:``),
+    when ``chooser.shared`` has none for it yet: the tier's shared ``TierOnly`` (made here,
+    once), or a ``Features`` of its own when the tier gzips or paces (per-response state)."""
+    if tier.compress or tier.max_rate:
+        fx = Features()
+        fx.chooser = chooser
+        fx.tier = tier
+        return fx
+    fx = chooser.shared[id(tier)] = TierOnly(chooser, tier)
+    return fx
+
+
+def tier_memo(chooser: TierChooser, clients: ClientMeasurements, client: str, now: float,
+              fx: Features) -> tuple | None:
+    """What lets a connection reuse this request's tier for its next requests without hints:
+    (measurement, its memo, chooser, the shared TierOnly, the upstream tier line), or None.
+
+    The shell's check, per request: the measurement's memo is still that (chooser, tier) tuple
+    (a sample clears it until the next choice remakes it; the chooser has one tuple per tier,
+    so connections of a client keep their answer across samples that change nothing); the
+    same chooser; ``now < fresh_until`` (not
+    expired, evicted or replaced: see ``Measurement``); a head with only common headers (no
+    hints; its names not made). Only for a client with a measurement (without one, "still
+    none" needs the lookup this saves) and a plain tier; the caller asks only for a connection
+    whose client address cannot change (not from a trusted proxy) and a head without rare headers.
+    """
+    if not fx.plain or chooser.header_is_common:
+        return None
+    entry = clients.get(client, now)
+    if entry is None:
+        return None
+    memo = entry.memo
+    if memo is None or memo[0] is not chooser or memo[1] is not fx.tier:
+        return None
+    return (entry, memo, chooser, fx, chooser.header_lines[fx.tier.name])
+
+
+def tier_memo_holds(memo: tuple | None, chooser: TierChooser, head: RequestHead, now: float) -> bool:
+    """The check ``tier_memo`` describes; proxy.py's ``_admit`` has it inline (one call less
+    per request), this is its reference for the tests."""
+    return (memo is not None and memo[0].memo is memo[1] and memo[2] is chooser and now < memo[0].fresh_until
+            and not head.rare and head._names is None)
+
+
+def wants_accept_ch(lines: list[bytes]) -> bool:
+    """Whether a response with these header lines is HTML (so it gets ``Accept-CH``): its first
+    Content-Type field, found case-insensitively, passes ``is_html``.
+
+    The usual head spells the name ``Content-Type``: one exact search (``partition``) finds it,
+    the lines before it are proven free of another spelling (no ``-`` at all, the usual case,
+    else lowered and searched), and the answer for its value is remembered. Anything else takes
+    the general way: the whole head lowered and searched.
+    """
+    blob = b"".join(lines)
+    before, found, after = blob.partition(b"Content-Type:")
+    # ``45 in before`` (45 = "-") is a memchr; a bytes operand of ``in`` would first be tried,
+    # and fail, as an int: a TypeError raised and cleared (~1.5k instructions, callgrind).
+    if found and (not before or before[-1] == 10) and (
+        45 not in before or before.lower().find(b"content-type:") < 0
+    ):
+        value = after.partition(b"\r")[0]
+        html = _HTML_VALUES.get(value)
+        if html is None:
+            html = _remember_html(value)
+        return html
+    blob = b"\n" + blob.lower()
+    start = blob.find(b"\ncontent-type:")
+    if start < 0:
+        return False
+    end = blob.find(b"\r", start)
+    return blob.find(b"html", start, end) >= 0 and is_html(blob[start + 14 : end].decode("latin-1"))
+
+
+# Content-Type values (as sent, after the colon) -> is_html: they repeat, and a dict lookup
+# costs less than lowering and parsing each. Bounded: cleared when it grows past the cap.
+_HTML_VALUES: dict[bytes, bool] = {}
+_HTML_VALUES_MAX = 256
+
+
+def _remember_html(value: bytes) -> bool:
+    if len(_HTML_VALUES) >= _HTML_VALUES_MAX:
+        _HTML_VALUES.clear()
+    html = _HTML_VALUES[value] = is_html(value.decode("latin-1"))
+    return html
 
 
 def _pairs(lines: list[bytes]) -> list[tuple[bytes, bytes]]:

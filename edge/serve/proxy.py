@@ -30,7 +30,7 @@ from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import ProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
 from edge.ratelimit import ALLOWED
 from edge.route import normalize_host
-from edge.serve.features import Features, tcp_rtt, unacked_bytes
+from edge.serve.features import Features, tcp_rtt, tier_features, tier_memo, unacked_bytes
 
 if TYPE_CHECKING:
     from edge.balance import UpstreamState
@@ -190,6 +190,7 @@ class ClientConnection(asyncio.Protocol):
         "_service",
         "_status",
         "_t0",
+        "_tier_memo",
         "_tls",
         "_to_lease",
         "_tried",
@@ -244,6 +245,7 @@ class ClientConnection(asyncio.Protocol):
         self._in_feed = False
         self._to_lease: UpstreamState | None = None
         self._rtt_seen = False
+        self._tier_memo: tuple | None = None  # this connection's last plain tier (features.tier_memo)
         self._drain_sample: list | None = None  # a throughput sample waiting for the client to drain
         self._reset()
 
@@ -584,7 +586,7 @@ class ClientConnection(asyncio.Protocol):
             self._unavailable("no healthy upstream", service.health.retry_after(self.server.loop.time()))
             return
         fx = self._fx
-        if fx is not None:
+        if fx is not None and fx.key is not None:  # only a cache lookup's key uses it (response_plan)
             fx.sent_at = self.server.loop.time()
         if head.chunked or head.content_length:
             if head.expect_continue:
@@ -643,7 +645,7 @@ class ClientConnection(asyncio.Protocol):
         head = self._head
         route = self._route
         assert fx is not None and head is not None and route is not None
-        if head.has_body() and not self._req_done:
+        if (head.chunked or head.content_length) and not self._req_done:  # head.has_body(), without its call
             self._close_after = True
         connection = b"Connection: close\r\n" if self._close_after else (
             b"Connection: keep-alive\r\n" if head.version == b"1.0" else b"")
@@ -660,7 +662,7 @@ class ClientConnection(asyncio.Protocol):
         """Zones, GeoIP, rate limit, quality tier, cache; False when the request was answered."""
         server = self.server
         now = server.loop.time()
-        client = self._client_ip()
+        client = self._client_ip() if self.trusted else self.peer  # _client_ip's answer, without its call
         if route.zones is not None and not (rt.zone_matcher and rt.zone_matcher.allowed(route.zones, client)):
             self._local(403, "this route is not open to your network zone")
             return False
@@ -680,16 +682,32 @@ class ClientConnection(asyncio.Protocol):
                 extra = "".join(f"{name}: {value}\r\n" for name, value in limiter.headers(decision))
                 self._local(429, "rate limited", extra=extra.encode("latin-1"))
                 return False
-        if route.chooser is None and route.cache_ttl is None:
-            return True
-        fx = self._fx = Features()
-        if route.chooser is not None:
+        chooser = route.chooser
+        if chooser is not None:
             if not self._rtt_seen:
                 self._rtt_seen = True
                 rtt = tcp_rtt(self.transport.get_extra_info("socket"))
                 if rtt is not None:
                     server.clients.observe_rtt(client, rtt, now)
-            fx.choose_tier(route.chooser, head, server.clients, client, now)
+            if route.cache_ttl is None:  # a tier only: one shared object per tier unless it gzips or paces
+                # the last request's tier, while nothing it rests on changed (features.tier_memo_holds, inline)
+                memo = self._tier_memo
+                if (memo is not None and memo[0].memo is memo[1] and memo[2] is chooser
+                        and now < memo[0].fresh_until and not head.rare and head._names is None):
+                    head.lines.append(memo[4])
+                    self._fx = memo[3]
+                    return True
+                tier = chooser.request_tier(head, server.clients, client, now)
+                fx = self._fx = chooser.shared.get(id(tier)) or tier_features(chooser, tier)
+                if not self.trusted and not head.rare:
+                    self._tier_memo = tier_memo(chooser, server.clients, client, now, fx)
+                return True
+            fx = self._fx = Features()
+            fx.choose_tier(chooser, head, server.clients, client, now)
+        elif route.cache_ttl is None:
+            return True
+        else:
+            fx = self._fx = Features()
         if route.cache_ttl is not None:
             store = server.cache_store
             found = fx.lookup(store, head, self.proto, route.cache_ttl, now)
@@ -989,7 +1007,12 @@ class ClientConnection(asyncio.Protocol):
             self._ustate = None
         fx = self._fx
         delimited = None  # whether the upstream's close ends its body, taken before gzip re-frames it
-        if fx is not None:
+        if fx is not None and fx.plain:  # the shared TierOnly: its lines, no cache, no gzip
+            fx.tier_head(rh)
+            length = rh.content_length
+            if length is None or length >= _MEASURE_FROM:  # _measure's start (it skips smaller ones)
+                self._resp_t0 = self.server.loop.time()
+        elif fx is not None:
             delimited = rh.content_length is None and not rh.chunked
             server = self.server
             now = server.loop.time()
