@@ -113,7 +113,7 @@ class AccessLog:
                 f'"path":{escaped.get(path) or escape(path)},'
                 f'"status":{status},"bytes":{size},"duration":{duration:.6f},'
                 f'"upstream":{escaped.get(upstream) or escape(upstream)},"route":{escaped.get(route) or escape(route)}'
-                + (f',"tier":{escape(tier)}' if tier is not None else "")
+                + (f',"tier":{escaped.get(tier) or escape(tier)}' if tier is not None else "")
                 + (f',"cache":"{cache}"' if cache is not None else "")
                 + "}\n"
             )
