@@ -213,3 +213,34 @@ def test_garbage_instead_of_a_client_hello_costs_one_connection(pki: Pki, serve)
         while sock.recv(4096):
             pass
     assert s_client(server.port, servername="a.test").greeted
+
+
+def test_the_server_context_s_tls_objects_forward_straight_to_openssl(pki: Pki) -> None:
+    """uvloop's TLS transport uses what ``wrap_bio`` makes: its read, write and pending are the C
+    methods (no Python frame per call) and behave as SSLObject's: a handshake over memory BIOs,
+    data both ways, read into a buffer, and SSLWantReadError when nothing is there."""
+    server_ctx = server_context(TlsSettings(), pki.exact.cert, pki.exact.key)
+    client_ctx = ssl.create_default_context(cafile=str(pki.root))
+    s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="a.test")
+    assert type(server.read).__name__ == "builtin_function_or_method"
+    for _ in range(10):  # handshake: pass the bytes back and forth until both sides are done
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    assert server.version() == client.version() == "TLSv1.3"
+    assert client.write(b"GET / HTTP/1.1\r\n\r\n") == 18
+    s_in.write(c_out.read())
+    buffer = bytearray(64)
+    assert server.read(64, buffer) == 18 and bytes(buffer[:18]) == b"GET / HTTP/1.1\r\n\r\n"
+    assert server.pending() == 0
+    with pytest.raises(ssl.SSLWantReadError):
+        server.read(64)
+    server.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    c_in.write(s_out.read())
+    assert client.read(1024) == b"HTTP/1.1 204 No Content\r\n\r\n"
