@@ -42,8 +42,8 @@ from edge.quality import (
 if TYPE_CHECKING:
     from edge.policy.model import Tier
 
-__all__ = ["Features", "TierOnly", "tcp_rtt", "tier_features", "tier_memo", "tier_memo_holds", "unacked_bytes",
-           "wants_accept_ch"]
+__all__ = ["Features", "TierOnly", "answer_cached", "tcp_rtt", "tier_features", "tier_memo", "tier_memo_holds",
+           "unacked_bytes", "wants_accept_ch"]
 
 _CONDITIONAL_NAMES = frozenset({b"if-none-match", b"if-modified-since"})
 
@@ -387,6 +387,19 @@ class TierOnly(Features):
                 self.ct_index, self.ct_line, self.ct_html = at, line, html
                 return html
         return wants_accept_ch(lines)
+
+
+def answer_cached(shell, fx: Features, found: str) -> bool:
+    """A cache verdict ('hit', 'only-if-cached', 'miss') acted on by either protocol's shell
+    (HTTP/1.1 connection or HTTP/2 stream: ``_serve_entry``, ``_local``): True when the request
+    was answered here, False when it goes on to the upstream."""
+    if found == "hit":
+        shell._serve_entry(fx.entry, stale=False)
+        return True
+    if found == "only-if-cached":
+        shell._local(504, "not in the cache (only-if-cached)")
+        return True
+    return False
 
 
 def tier_features(chooser: TierChooser, tier: Tier) -> Features:

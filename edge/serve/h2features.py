@@ -23,7 +23,7 @@ from edge.cache.fallback import SERVE_STALE, USE_SERVICE, fallback_for
 from edge.http.forwarding import real_client_ip
 from edge.http.h1 import RequestHead, ResponseHead
 from edge.ratelimit import ALLOWED
-from edge.serve.features import Features, tcp_rtt
+from edge.serve.features import Features, answer_cached, tcp_rtt
 from edge.serve.h2head import extra_pairs
 
 if TYPE_CHECKING:
@@ -99,13 +99,7 @@ class StreamFeatures(_Base):
         if found == "fetch":
             self._fetch(store, fx, head)
             return False
-        if found == "hit":
-            self._serve_entry(fx.entry, stale=False)
-            return False
-        if found == "only-if-cached":
-            self._local(504, "not in the cache (only-if-cached)")
-            return False
-        return True
+        return not answer_cached(self, fx, found)
 
     def _fetch(self, store, fx: Features, head: RequestHead) -> None:
         """Ask a remote cache (Redis) for this request; ``_fetched`` goes on from there.
@@ -127,11 +121,7 @@ class StreamFeatures(_Base):
             if error is not None:
                 raise error
             found = fx.settle(task.result(), head, self.conn.server.loop.time())
-            if found == "hit":
-                self._serve_entry(fx.entry, stale=False)
-            elif found == "only-if-cached":
-                self._local(504, "not in the cache (only-if-cached)")
-            else:
+            if not answer_cached(self, fx, found):
                 self._dispatch(head)
         except Exception:  # as in the connection's event loop: a bug costs this stream, with an answer
             log.exception("h2 request handling failed")

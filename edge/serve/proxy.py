@@ -30,7 +30,7 @@ from edge.http.forwarding import forwarding_lines, real_client_ip
 from edge.http.h1 import ProtocolError, RequestHead, RequestReader, ResponseHead, ResponseReader
 from edge.ratelimit import ALLOWED
 from edge.route import normalize_host
-from edge.serve.features import Features, tcp_rtt, tier_features, tier_memo, unacked_bytes
+from edge.serve.features import Features, answer_cached, tcp_rtt, tier_features, tier_memo, unacked_bytes
 
 if TYPE_CHECKING:
     from edge.balance import UpstreamState
@@ -714,11 +714,7 @@ class ClientConnection(asyncio.Protocol):
             if found == "fetch":
                 self._fetch(store, fx, head)
                 return False
-            if found == "hit":
-                self._serve_entry(fx.entry, stale=False)
-                return False
-            if found == "only-if-cached":
-                self._local(504, "not in the cache (only-if-cached)")
+            if answer_cached(self, fx, found):
                 return False
         return True
 
@@ -744,11 +740,7 @@ class ClientConnection(asyncio.Protocol):
             if error is not None:
                 raise error
             found = fx.settle(task.result(), head, self.server.loop.time())
-            if found == "hit":
-                self._serve_entry(fx.entry, stale=False)
-            elif found == "only-if-cached":
-                self._local(504, "not in the cache (only-if-cached)")
-            else:
+            if not answer_cached(self, fx, found):
                 self._dispatch(head)
         except Exception:  # as in data_received: a bug costs one connection, with an answer
             log.exception("request handling failed")
