@@ -458,6 +458,25 @@ def test_views_keep_framing_rules_interim_heads_trailing_bytes_chunked_and_head(
         assert info.value.status == 502 and sink.chunks == []
 
 
+@pytest.mark.parametrize("views", [False, True])
+def test_tunnel_bytes_start_right_after_the_101_wherever_it_sits_in_the_read(views):
+    """feed() returns an offset into the bytes it was given: behind a 1xx head (views path), and
+    behind a Content-Length body that ran past earlier reads (pass-through), as in one parse."""
+    tunnel = b"T" * 64 * 1024
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    sink, reader = _views_reader()
+    reader.views = views
+    data = b"HTTP/1.1 100 Continue\r\n\r\n" + upgrade + tunnel
+    at = reader.feed(data)
+    assert data[at:] == tunnel and sink.heads == [100, 101]
+    sink, reader = _views_reader()
+    reader.views = views
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n" + b"a" * 1000)
+    data = b"a" * 69_000 + upgrade + b"TUNNEL"
+    at = reader.feed(data)
+    assert data[at:] == b"TUNNEL" and sink.heads == [200, 101]
+
+
 def test_a_sink_without_views_gets_bytes():
     body = b"y" * 60_000
     sink = _Views()

@@ -494,6 +494,7 @@ class ResponseReader:
             end = data.find(b"\r\n\r\n", 0, self._max_head + 4)
             if end >= 0 and len(data) - end - 4 >= _VIEW_FROM:
                 body = end + 4
+        base = 0  # where in ``data`` the bytes last given to the parser begin (a 101's offset counts from there)
         try:
             if body < 0:
                 self._parser.feed_data(data)
@@ -505,10 +506,12 @@ class ResponseReader:
                 length = self._body_length
                 if length > 0 and not self.ended and self._begins == 1:
                     self._body_length = -1
-                    return self._pass_body(view[body:], length)
-                self._parser.feed_data(view[body:])  # anything else: parsed as one read would be
+                    at = self._pass_body(view[body:], length)
+                    return at if at < 0 else body + at
+                base = body  # a 1xx head came first: what follows it is parsed as one read would be
+                self._parser.feed_data(view[body:])
         except httptools.HttpParserUpgrade as exc:
-            return int(exc.args[0])
+            return base + int(exc.args[0])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, _HeadOnly):
@@ -556,7 +559,8 @@ class ResponseReader:
         if size == left:
             return -1
         # ``ended`` stays: a message starting there is trailing (bytes: _parse looks for a head)
-        return self._parse(bytes(data[left:]))
+        at = self._parse(bytes(data[left:]))
+        return at if at < 0 else left + at  # offsets count from the start of ``data``
 
     def on_message_begin(self) -> None:
         self._begins += 1
