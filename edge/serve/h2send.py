@@ -21,6 +21,7 @@ tests/h2/test_h2send.py decodes what we queue with h2's own client side.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from struct import Struct
 
 from h2.connection import ConnectionInputs
@@ -44,11 +45,14 @@ def _frame(length: int, kind: int, flags: int, sid: int) -> bytes:
     return _FRAME_HEADER(length >> 8, length & 0xFF, kind, flags, sid)
 
 
-def queue_headers(h2c: StateMachine, sid: int, block: bytes, end_stream: bool) -> None:
-    """A response's HEADERS (and CONTINUATION) frames carrying the encoded ``block``.
+def queue_headers(h2c: StateMachine, sid: int, end_stream: bool, encode: Callable[..., bytes], *fields: object) -> None:
+    """A response's HEADERS (and CONTINUATION) frames carrying ``encode(*fields)``.
 
-    Raises what h2 raises for a stream or connection that cannot send (StreamClosedError,
-    ProtocolError: both H2Error), having changed nothing on the wire.
+    The block is encoded only once the state machines accepted the head, as h2 does: an
+    encoder's pending table size update (after the client's SETTINGS_HEADER_TABLE_SIZE) must
+    go in the next block that is sent, not in one refused here. Raises what h2 raises for a
+    stream or connection that cannot send (StreamClosedError, ProtocolError: both H2Error),
+    having encoded nothing and written nothing.
     """
     stream = h2c.streams.get(sid)
     if stream is None:
@@ -58,6 +62,7 @@ def queue_headers(h2c: StateMachine, sid: int, block: bytes, end_stream: bool) -
     machine.process_input(_S_SEND_HEADERS)
     if end_stream:
         machine.process_input(_S_SEND_END_STREAM)
+    block = encode(*fields)
     out = h2c._data_to_send
     frame_limit = h2c.max_outbound_frame_size
     size = len(block)

@@ -518,7 +518,7 @@ class H2Stream(StreamFeatures):
         self.remaining = -1 if no_body or rh.content_length is None else rh.content_length
         h2c = self.conn.h2
         try:
-            queue_headers(h2c, self.sid, h2c.encoder.response_block(rh, extra_pairs(route.add_response)), no_body)
+            queue_headers(h2c, self.sid, no_body, h2c.encoder.response_block, rh, extra_pairs(route.add_response))
         except H2Error:
             self._abort(ErrorCodes.INTERNAL_ERROR)
             return
@@ -580,7 +580,7 @@ class H2Stream(StreamFeatures):
     def _headers(self, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         """A final response head of our own making (edge.serve.h2send; raises H2Error)."""
         h2c = self.conn.h2
-        queue_headers(h2c, self.sid, h2c.encoder.encode(headers), end_stream)
+        queue_headers(h2c, self.sid, end_stream, h2c.encoder.encode, headers)
 
     def _send(self, data: bytes, end: bool) -> None:
         if data:

@@ -13,6 +13,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded
 from h2.exceptions import FlowControlError, FrameTooLargeError, H2Error, StreamClosedError
+from h2.settings import SettingCodes
 from hpack import Decoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,7 +52,7 @@ def test_a_response_is_byte_for_byte_what_h2_sends() -> None:
     theirs.send_headers(1, RESPONSE)
     theirs.send_data(1, b"hel")
     theirs.send_data(1, b"lo", end_stream=True)
-    queue_headers(ours, 1, ours.encoder.encode(RESPONSE), False)
+    queue_headers(ours, 1, False, ours.encoder.encode, RESPONSE)
     queue_data(ours, 1, b"hel", False)
     queue_data(ours, 1, b"lo", True)
     assert ours.data_to_send() == theirs.data_to_send()
@@ -63,12 +64,12 @@ def test_a_response_is_byte_for_byte_what_h2_sends() -> None:
 def test_head_only_and_empty_end_are_what_h2_sends() -> None:
     _, ours, theirs = twins()
     theirs.send_headers(1, RESPONSE, end_stream=True)
-    queue_headers(ours, 1, ours.encoder.encode(RESPONSE), True)
+    queue_headers(ours, 1, True, ours.encoder.encode, RESPONSE)
     assert ours.data_to_send() == theirs.data_to_send()
     _, ours, theirs = twins()
     theirs.send_headers(1, RESPONSE)
     theirs.end_stream(1)
-    queue_headers(ours, 1, ours.encoder.encode(RESPONSE), False)
+    queue_headers(ours, 1, False, ours.encoder.encode, RESPONSE)
     queue_data(ours, 1, b"", True)
     assert ours.data_to_send() == theirs.data_to_send()
     assert ours.streams[1].state_machine.state == theirs.streams[1].state_machine.state
@@ -76,7 +77,7 @@ def test_head_only_and_empty_end_are_what_h2_sends() -> None:
 
 def test_the_client_reads_the_answer_back() -> None:
     client, server = connected()
-    queue_headers(server, 1, server.encoder.encode(RESPONSE), False)
+    queue_headers(server, 1, False, server.encoder.encode, RESPONSE)
     queue_data(server, 1, b"hello", True)
     events = client.receive_data(server.data_to_send())
     kinds = [type(e) for e in events]
@@ -89,7 +90,7 @@ def test_a_block_larger_than_a_frame_continues_in_continuation_frames() -> None:
     big = [(b":status", b"200")] + [(b"x-h%d" % i, b"v" * 900) for i in range(60)]  # ~55 KB > 16 KiB
     _, theirs = connected()
     theirs.send_headers(1, big, end_stream=True)
-    queue_headers(server, 1, server.encoder.encode(big), True)
+    queue_headers(server, 1, True, server.encoder.encode, big)
     wire = server.data_to_send()
     assert wire == theirs.data_to_send()
     events = client.receive_data(wire)
@@ -98,7 +99,7 @@ def test_a_block_larger_than_a_frame_continues_in_continuation_frames() -> None:
 
 def test_windows_and_frame_size_are_enforced_as_h2_does() -> None:
     _, server = connected()
-    queue_headers(server, 1, server.encoder.encode(RESPONSE), False)
+    queue_headers(server, 1, False, server.encoder.encode, RESPONSE)
     window = send_window(server, 1)
     assert window == server.local_flow_control_window(1)
     frame = server.max_outbound_frame_size
@@ -118,10 +119,10 @@ def test_windows_and_frame_size_are_enforced_as_h2_does() -> None:
 def test_a_stream_that_cannot_send_raises_an_h2_error() -> None:
     _, server = connected()
     with pytest.raises(StreamClosedError):
-        queue_headers(server, 3, b"\x88", False)  # never opened
+        queue_headers(server, 3, False, bytes, b"\x88")  # never opened
     with pytest.raises(StreamClosedError):
         send_window(server, 3)
-    queue_headers(server, 1, server.encoder.encode(RESPONSE), True)
+    queue_headers(server, 1, True, server.encoder.encode, RESPONSE)
     with pytest.raises(H2Error):
         queue_data(server, 1, b"late", True)  # the stream is closed: h2's state machine refuses
 
@@ -130,7 +131,23 @@ def test_a_reset_stream_refuses_frames() -> None:
     _, server = connected(end_request=False)
     server.reset_stream(1)
     with pytest.raises(H2Error):
-        queue_headers(server, 1, server.encoder.encode(RESPONSE), False)
+        queue_headers(server, 1, False, server.encoder.encode, RESPONSE)
+
+
+def test_a_refused_head_leaves_the_table_size_update_for_the_next_block_sent() -> None:
+    """After the client's SETTINGS_HEADER_TABLE_SIZE the next block sent starts with a size
+    update; a head the state machine refuses must not use it up (h2 encodes only once allowed)."""
+    client, server = connected(end_request=False)
+    client.update_settings({SettingCodes.HEADER_TABLE_SIZE: 0})
+    server.receive_data(client.data_to_send())
+    server.reset_stream(1)  # stream 1 can no longer send
+    client.send_headers(3, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.data_to_send()
+    with pytest.raises(H2Error):
+        queue_headers(server, 1, False, server.encoder.encode, RESPONSE)
+    queue_headers(server, 3, False, server.encoder.encode, RESPONSE)
+    assert server.data_to_send()[9:10] == b"\x20"  # right after the frame header: size update to 0
 
 
 header_names = st.sampled_from([b"Content-Type", b"ETag", b"X-Thing", b"set-cookie", b"Date", b"Server"])
