@@ -221,18 +221,23 @@ def test_a_close_delimited_upstream_body_is_gzipped_whole():
         upstream.close()
 
 
+def _small_cache_edge(upstream_url: str, port: int) -> Edge:
+    """edge with a 64 KiB cache and one cached route (host cache.test) to ``upstream_url``."""
+    return Edge(
+        f"version: 1\ncache: {{max_size: 64KiB}}\nlisteners: {{web: {{listen: ['127.0.0.1:{port}']}}}}\n"
+        f"services: {{s: {{upstreams: [{{url: '{upstream_url}'}}]}}}}\n"
+        "routes: [{host: cache.test, service: s, cache: {ttl: 60s}}]\n",
+        port,
+    )
+
+
 def test_204s_on_a_cached_route_never_use_up_the_cache():
     """A 204 has no body, so nothing calls the cache glue's ``end``: its copy is committed at the
     head. Before, each one held ~665 bytes of ``cache.max_size`` for ever, and after about
     max_size / 665 of them nothing could be stored any more."""
     up = DemoUpstream("nocontent")
     port = free_port()
-    edge = Edge(
-        f"version: 1\ncache: {{max_size: 64KiB}}\nlisteners: {{web: {{listen: ['127.0.0.1:{port}']}}}}\n"
-        f"services: {{s: {{upstreams: [{{url: '{up.url}'}}]}}}}\n"
-        "routes: [{host: cache.test, service: s, cache: {ttl: 60s}}]\n",
-        port,
-    )
+    edge = _small_cache_edge(up.url, port)
     try:
         for n in range(300):  # ~200 KB of leaked reservations before the fix: three times max_size
             status, headers, body = get(port, f"/status/204?n={n}", host="cache.test")
@@ -279,12 +284,7 @@ def test_a_client_leaving_mid_body_gives_the_copy_s_bytes_back():
 
     up = _half_body_upstream()
     port = free_port()
-    edge = Edge(
-        f"version: 1\ncache: {{max_size: 64KiB}}\nlisteners: {{web: {{listen: ['127.0.0.1:{port}']}}}}\n"
-        f"services: {{s: {{upstreams: [{{url: '{up.url}'}}]}}}}\n"
-        "routes: [{host: cache.test, service: s, cache: {ttl: 60s}}]\n",
-        port,
-    )
+    edge = _small_cache_edge(up.url, port)
     try:
         for n in range(100):  # ~160 KB of partial copies, were they never given back
             with connect("127.0.0.1", port, timeout=5) as sock:
