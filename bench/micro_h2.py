@@ -8,7 +8,8 @@ One round is one connection of ``h2load -m10``: batches of 10 GET requests (the 
 h2load sends, HPACK-encoded by a real client encoder, so its dynamic table is used as in the
 bench) go into the server-side state machine made exactly as ``H2Connection`` makes it; each
 request is checked and translated (``request_head``), answered with the response head of the
-bench origin's ``/small`` (``response_headers``) and 100 bytes of DATA with END_STREAM, and the
+bench origin's ``/small`` and 100 bytes of DATA with END_STREAM as H2Stream sends them
+(``edge.serve.h2send``: the one-pass ``response_block``, frames queued into h2's buffer), and the
 bytes to send are taken once per batch. Event loop, TLS, upstream and access log are left out.
 """
 
@@ -23,7 +24,8 @@ from h2.events import RequestReceived
 
 from edge.http.h1 import ResponseReader
 from edge.serve.h2conn import state_machine
-from edge.serve.h2head import checked_request_head, response_headers
+from edge.serve.h2head import checked_request_head
+from edge.serve.h2send import queue_data, queue_headers
 
 BATCHES = 100
 STREAMS = 10  # h2load -m10
@@ -93,8 +95,8 @@ def one_connection(preface: bytes, batches: list[bytes], rh) -> int:
             if event.__class__ is RequestReceived:
                 sid = event.stream_id
                 checked_request_head(event.headers, True, 8192)
-                h2c.send_headers(sid, response_headers(rh, False, []))
-                h2c.send_data(sid, BODY, end_stream=True)
+                queue_headers(h2c, sid, False, h2c.encoder.response_block, rh, [])
+                queue_data(h2c, sid, BODY, True)
         written += len(h2c.data_to_send())
     return written
 

@@ -277,7 +277,8 @@ def header_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def response_headers(rh: ResponseHead, no_body: bool, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The HTTP/2 header list for an upstream's HTTP/1.1 response head.
+    """The HTTP/2 header list for an upstream's HTTP/1.1 response head: the reference that
+    ``ResponseEncoder.response_block`` (what streams send) is tested against.
 
     ResponseReader already took out hop-by-hop headers (and those named in Connection);
     names become lower case, ``content-length`` stays when the upstream sent one (except
