@@ -1,0 +1,174 @@
+"""Known response heads (``edge.http.h1._KNOWN_HEADS``): a head parsed once skips the parser
+the next time, and nothing a sink or a client sees may differ from the parser's answer."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.http import h1
+from edge.http.h1 import ProtocolError, ResponseReader
+
+
+class Sink:
+    """Records what a client would get, then changes the head as features do (tier line, gzip)."""
+
+    def __init__(self, gzip: bool = False) -> None:
+        self.events: list[tuple] = []
+        self.gzip = gzip
+
+    def response_head(self, head) -> None:
+        self.events.append(("head", head.status, head.reason, tuple(head.lines), head.content_length,
+                            head.chunked, head.keep_alive, head.upgrade))
+        head.lines.append(b"X-Edge-Tier: low\r\n")
+        if self.gzip:
+            head.content_length = None
+            head.chunked = True
+
+    def response_body(self, data) -> None:
+        data = bytes(data)
+        if self.events and self.events[-1][0] == "body":
+            self.events[-1] = ("body", self.events[-1][1] + data)
+        else:
+            self.events.append(("body", data))
+
+    def response_end(self) -> None:
+        self.events.append(("end",))
+
+
+def run(pieces: list[bytes], views: bool = False, head_request: bool = False, gzip: bool = False,
+        max_header_size: int = 64 * 1024):
+    """Feed ``pieces`` to a new reader: its events, each feed's offset and flags, or the error."""
+    sink = Sink(gzip)
+    reader = ResponseReader(sink, max_header_size)
+    reader.views = views
+    reader.expect_no_body = head_request
+    trace: list = []
+    try:
+        for piece in pieces:
+            trace.append((reader.feed(piece), reader.ended, reader.trailing, reader.clean))
+    except ProtocolError as exc:
+        trace.append(("error", exc.status))
+    return sink.events, trace
+
+
+_HEADS = [
+    b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: %d\r\n\r\n",
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: X-Gone\r\nX-Gone: 1\r\nX-Kept: 2\r\nContent-Length: %d\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: %d\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: %d\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Length: 7\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: %d\nX: bare-lf\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+]
+
+
+def _message(kind: int, body: bytes) -> bytes:
+    head = _HEADS[kind]
+    if b"chunked" in head:
+        return head + (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    if b"%d" not in head:
+        return head
+    return head % len(body) + body
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    messages=st.lists(st.tuples(st.integers(0, len(_HEADS) - 1),
+                                st.sampled_from([b"", b"ok", b"HTTP/1.1 200 OK\r\nServer: o\r\n\r\n", b"z" * 300])),
+                      min_size=1, max_size=4),
+    cuts=st.lists(st.integers(min_value=1, max_value=200), max_size=6),
+    views=st.booleans(),
+    head_request=st.booleans(),
+    gzip=st.booleans(),
+)
+def test_a_known_head_gives_what_the_parser_gave(messages, cuts, views, head_request, gzip):
+    """Any stream of responses, cut anywhere: a reader that finds its heads known (a second
+    and a third run) gives the same events, offsets and flags as the parser alone gave."""
+    stream = b"".join(_message(kind, body) for kind, body in messages)
+    pieces, position = [], 0
+    for cut in cuts:
+        pieces.append(stream[position : position + cut])
+        position += cut
+    pieces.append(stream[position:])
+    pieces = [p for p in pieces if p]
+    h1._KNOWN_HEADS.clear()
+    cold = run(pieces, views, head_request, gzip)
+    assert run(pieces, views, head_request, gzip) == cold
+    assert run(pieces, views, head_request, gzip) == cold
+
+
+def test_a_head_seen_before_skips_the_parser(monkeypatch):
+    h1._KNOWN_HEADS.clear()
+    response = b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 2\r\n\r\nok"
+    cold = run([response])
+    assert list(h1._KNOWN_HEADS) == [response[:-6]]
+
+    def no_parser(self, data):
+        raise AssertionError("parsed a known head")
+
+    monkeypatch.setattr(ResponseReader, "_parse", no_parser)
+    assert run([response]) == cold
+    events, trace = run([response[:-1], response[-1:]])  # its body ends in the next read
+    assert events == cold[0] and trace == [(-1, False, False, True), (-1, True, False, True)]
+    assert h1._KNOWN_HEADS[response[:-6]].lines == [b"Server: o\r\n"]  # the sink's lines stayed its own
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\nclose-delimited",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ],
+)
+def test_heads_whose_body_is_not_exactly_their_content_length_are_never_known(response):
+    h1._KNOWN_HEADS.clear()
+    run([response])
+    assert not h1._KNOWN_HEADS
+
+
+def test_the_answer_to_a_head_request_is_never_learned_nor_looked_up():
+    h1._KNOWN_HEADS.clear()
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    run([response], head_request=True)
+    assert not h1._KNOWN_HEADS
+    run([response + b"ok"])  # learned from a GET
+    assert run([response], head_request=True)[0] == [("head", 200, b"OK", (), 2, False, True, None), ("end",)]
+
+
+def test_a_head_known_to_a_reader_with_a_larger_limit_is_refused_by_a_smaller_one():
+    h1._KNOWN_HEADS.clear()
+    response = b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 2000 + b"\r\nContent-Length: 2\r\n\r\nok"
+    run([response], max_header_size=64 * 1024)
+    assert h1._KNOWN_HEADS
+    assert run([response], max_header_size=1024)[1] == [("error", 502)]
+
+
+def test_bytes_of_a_known_head_inside_a_body_are_body():
+    """Only a reader waiting for a message looks heads up: mid-body, a known head is data."""
+    h1._KNOWN_HEADS.clear()
+    known = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    run([known])
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(known)
+    events, _ = run([chunked, known, b"\r\n0\r\n\r\n"])
+    assert events[1:] == [("body", known), ("end",)]
+    delimited = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(known) + 5)
+    events, _ = run([delimited + b"12345", known])
+    assert events[1:] == [("body", b"12345" + known), ("end",)]
+
+
+def test_the_table_of_known_heads_is_bounded():
+    h1._KNOWN_HEADS.clear()
+    for n in range(h1._KNOWN_HEADS_MAX * 2 + 5):
+        run([b"HTTP/1.1 200 OK\r\nETag: \"%d\"\r\nContent-Length: 0\r\n\r\n" % n])
+    assert 0 < len(h1._KNOWN_HEADS) <= h1._KNOWN_HEADS_MAX
