@@ -172,3 +172,9 @@ def test_the_table_of_known_heads_is_bounded():
     for n in range(h1._KNOWN_HEADS_MAX * 2 + 5):
         run([b"HTTP/1.1 200 OK\r\nETag: \"%d\"\r\nContent-Length: 0\r\n\r\n" % n])
     assert 0 < len(h1._KNOWN_HEADS) <= h1._KNOWN_HEADS_MAX
+
+
+def test_a_large_head_is_parsed_each_time_never_kept():
+    h1._KNOWN_HEADS.clear()
+    run([b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * h1._KNOWN_HEAD_SIZE + b"\r\nContent-Length: 2\r\n\r\nok"])
+    assert not h1._KNOWN_HEADS

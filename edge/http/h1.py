@@ -455,6 +455,7 @@ class ResponseHead:
 # has nothing to do after those.
 _KNOWN_HEADS: dict[bytes, ResponseHead] = {}
 _KNOWN_HEADS_MAX = 256
+_KNOWN_HEAD_SIZE = 8192  # larger heads are parsed each time: the table stays under 2 MiB
 
 
 class ResponseSink(Protocol):
@@ -470,9 +471,9 @@ class _HeadOnly(Exception):
 class ResponseReader:
     """Parses upstream responses; the caller says when a response has no body (HEAD)."""
 
-    __slots__ = ("_at_start", "_begins", "_body_length", "_head", "_head_size", "_in_head", "_learn", "_left", "_lines",
-                 "_max_head", "_parser", "_raw", "_sink", "clean", "ended", "expect_no_body", "on_body", "trailing",
-                 "views")
+    __slots__ = ("_at_start", "_begins", "_body_length", "_head", "_head_size", "_in_head", "_known_limit", "_learn",
+                 "_left", "_lines", "_max_head", "_parser", "_raw", "_sink", "clean", "ended", "expect_no_body",
+                 "on_body", "trailing", "views")
 
     def __init__(self, sink: ResponseSink, max_header_size: int = 64 * 1024) -> None:
         self._sink = sink
@@ -499,6 +500,7 @@ class ResponseReader:
         # uncopied too. Set per lease by a sink that only writes or joins its chunks.
         self.views = False
         self._at_start = True  # the parser waits for the first byte of a message
+        self._known_limit = min(max_header_size, _KNOWN_HEAD_SIZE + 4)
         self._learn: bytes | None = None  # this feed's head bytes, when its head may join _KNOWN_HEADS
 
     def feed(self, data: bytes) -> int:
@@ -512,7 +514,7 @@ class ResponseReader:
         self.ended = self.trailing = False
         learn = None
         if self._at_start and not self.expect_no_body and data.startswith(b"HTTP/1."):
-            end = data.find(b"\r\n\r\n", 0, self._max_head)  # a head within the limit, blank line and all
+            end = data.find(b"\r\n\r\n", 0, self._known_limit)  # a head within the limits, blank line and all
             if end > 0:
                 learn = data[:end]
                 known = _KNOWN_HEADS.get(learn)
