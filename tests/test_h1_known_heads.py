@@ -4,11 +4,11 @@ the next time, and nothing a sink or a client sees may differ from the parser's 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from edge.http import h1
-from edge.http.h1 import ProtocolError, ResponseReader
+from edge.http.h1 import ProtocolError, RequestReader, ResponseReader
 
 
 class Sink:
@@ -178,3 +178,102 @@ def test_a_large_head_is_parsed_each_time_never_kept():
     h1._KNOWN_HEADS.clear()
     run([b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * h1._KNOWN_HEAD_SIZE + b"\r\nContent-Length: 2\r\n\r\nok"])
     assert not h1._KNOWN_HEADS
+
+
+# -- requests: a keep-alive client's repeated head -----------------------------------------
+class RequestSink:
+    """Records the heads as the proxy would use them, then changes the head as the proxy does."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def request_head(self, head) -> None:
+        self.events.append(("head", head.method, head.target, head.version, head.host, tuple(head.lines), head.rare,
+                            head.content_length, head.chunked, head.keep_alive, head.upgrade, head.expect_continue,
+                            head.connection_tokens, head.x_forwarded_for, head.x_forwarded_proto,
+                            head.x_forwarded_host, head.forwarded))
+        head.lines.append(b"X-Added: 1\r\n")
+        head.names.append(b"x-added")
+
+    def request_body(self, data) -> None:
+        self.events.append(("body", bytes(data)))
+
+    def request_end(self) -> None:
+        self.events.append(("end",))
+
+
+def feed_requests(pieces: list[bytes], known: bool):
+    """Feed to a reader (``known``: as edge runs it; else the parser alone): events, offsets."""
+    sink = RequestSink()
+    reader = RequestReader(sink, 32 * 1024)
+    if not known:
+        reader._known_limit = 0  # no head is ever found within 0 bytes: none becomes known
+    trace: list = []
+    try:
+        for piece in pieces:
+            trace.append(reader.feed(piece))
+    except ProtocolError as exc:
+        trace.append(("error", exc.status))
+    return sink.events, trace
+
+
+_REQUESTS = [
+    b"GET /a HTTP/1.1\r\nHost: h\r\nUser-Agent: u\r\nCookie: c=1\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nSave-Data: on\r\n\r\n",
+    b"GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET /b HTTP/1.0\r\nHost: h\r\n\r\n",
+    b"GET /b HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+    b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: h\r\nX: bare\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: X-Gone\r\nX-Gone: 1\r\nAccept: */*\r\n\r\n",
+]
+_POST_OF_A_HEAD = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(_REQUESTS[0])
+_REQUESTS.append(_POST_OF_A_HEAD + _REQUESTS[0])  # a body that is a known head's bytes
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    requests=st.lists(st.integers(0, len(_REQUESTS) - 1), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=1, max_value=150), max_size=8),
+    one_read_each=st.booleans(),
+)
+@example(requests=[0, 2, 0], cuts=[], one_read_each=True)  # a known head after a last request
+@example(requests=[0, 14], cuts=[len(_REQUESTS[0]) + len(_POST_OF_A_HEAD)], one_read_each=False)  # ... in a body
+def test_a_repeated_request_head_gives_what_the_parser_gave(requests, cuts, one_read_each):
+    """Any sequence of requests (repeats, bodies, upgrades, closes, bad heads), cut anywhere or
+    one read each: the reader that knows its client's last head sees what the parser alone sees."""
+    if one_read_each:
+        pieces = [_REQUESTS[i] for i in requests]
+    else:
+        stream = b"".join(_REQUESTS[i] for i in requests)
+        pieces, position = [], 0
+        for cut in cuts:
+            pieces.append(stream[position : position + cut])
+            position += cut
+        pieces.append(stream[position:])
+        pieces = [p for p in pieces if p]
+    assert feed_requests(pieces, known=True) == feed_requests(pieces, known=False)
+
+
+def test_a_repeated_request_head_skips_the_parser(monkeypatch):
+    head = _REQUESTS[0]
+    sink = RequestSink()
+    reader = RequestReader(sink, 32 * 1024)
+    reader.feed(head)
+    monkeypatch.setattr(RequestReader, "_feed", lambda self, data: pytest.fail("parsed a known head"))
+    assert reader.feed(head * 3) == -1  # pipelined repeats too
+    assert len(sink.events) == 8 and sink.events[0] == sink.events[2] == sink.events[6]
+    assert reader._known_head.lines == [b"User-Agent: u\r\n", b"Cookie: c=1\r\n"]  # the sink's lines stayed its own
+
+
+@pytest.mark.parametrize("index", [2, 3, 5, 7, 8, 9])
+def test_requests_with_a_body_an_upgrade_or_a_close_are_never_known(index):
+    reader = RequestReader(RequestSink(), 32 * 1024)
+    reader.feed(_REQUESTS[index])
+    assert reader._known is None

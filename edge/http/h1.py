@@ -92,6 +92,7 @@ _PLAIN_RESPONSE = _plain_names(_COMMON + """ X-Content-Type-Options X-Frame-Opti
 # 6.9 / 6.1 us at 16 KiB, 6.7 / 6.1 us at 32 KiB, 6.6 / 7.1 us at 64 KiB (the detour: a fresh
 # parser, two views, one more call; httptools' on_body copy grows with the size).
 _VIEW_FROM = 48 * 1024
+_KNOWN_HEAD_SIZE = 8192  # known heads (see RequestReader, _KNOWN_HEADS) are at most this; larger ones parse each time
 
 _KNOWN_CODINGS = frozenset({b"chunked", b"gzip", b"deflate", b"compress", b"x-gzip", b"x-compress", b"identity"})
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -158,6 +159,29 @@ class RequestHead:
         doc="The lower-case names of ``lines``, parallel to them (made on first use, then kept).",
     )
 
+    def copy(self) -> RequestHead:
+        """A head of its own with the same fields: the proxy adds lines and names in place."""
+        other = RequestHead.__new__(RequestHead)
+        other.method = self.method
+        other.target = self.target
+        other.version = self.version
+        other.host = self.host
+        other.lines = self.lines.copy()
+        names = self._names
+        other._names = None if names is None else names.copy()
+        other.rare = self.rare
+        other.content_length = self.content_length
+        other.chunked = self.chunked
+        other.keep_alive = self.keep_alive
+        other.upgrade = self.upgrade
+        other.expect_continue = self.expect_continue
+        other.connection_tokens = self.connection_tokens  # replaced, never changed in place
+        other.x_forwarded_for = self.x_forwarded_for
+        other.x_forwarded_proto = self.x_forwarded_proto
+        other.x_forwarded_host = self.x_forwarded_host
+        other.forwarded = self.forwarded
+        return other
+
     def header(self, lname: str) -> str | None:
         """The first end-to-end header named ``lname`` (lower case), decoded; None if absent."""
         wanted = lname.encode("latin-1")
@@ -206,8 +230,8 @@ def _check_transfer_encoding(value: bytes) -> None:
 class RequestReader:
     """Feeds request bytes to httptools and turns its callbacks into checked heads."""
 
-    __slots__ = ("_head", "_head_size", "_host_ok", "_in_head", "_lines", "_max_head", "_parser", "_raw", "_sink",
-                 "_url", "on_body", "on_message_complete")
+    __slots__ = ("_at_start", "_head", "_head_size", "_host_ok", "_in_head", "_known", "_known_head", "_known_limit",
+                 "_learn", "_lines", "_max_head", "_parser", "_raw", "_sink", "_url", "on_body", "on_message_complete")
 
     def __init__(self, sink: RequestSink, max_header_size: int = 32 * 1024) -> None:
         self._sink = sink
@@ -223,12 +247,45 @@ class RequestReader:
         self._in_head = False
         self._lines: list[bytes] = []  # the open head's lines
         self._host_ok: bytes | None = None  # the last Host value that passed the grammar check
+        # A keep-alive client repeats its request head (a poller, a health check, a benchmark; a
+        # browser between pages less often): the last bodiless head's bytes, blank line and all,
+        # and what they parsed to. The same bytes at a message start parse the same (llhttp is
+        # strict: the first CRLFCRLF ends a head, and nothing else of the reader changes the
+        # answer), so they skip the parser and its callbacks. Per connection: nothing is shared.
+        self._at_start = True  # the parser waits for the first byte of a message
+        self._known: bytes | None = None
+        self._known_head: RequestHead | None = None
+        self._known_limit = min(max_header_size, _KNOWN_HEAD_SIZE + 4)
+        self._learn: bytes | None = None  # this feed's first head, when it may become _known
 
     def feed(self, data: bytes) -> int:
         """Parse ``data``; return -1, or the offset of tunnel bytes after an Upgrade/CONNECT head.
 
         Raises ProtocolError for anything malformed or too large.
         """
+        start = 0
+        if self._at_start:
+            known = self._known
+            if known is not None and data.startswith(known):
+                size = len(known)
+                sink = self._sink
+                while True:  # pipelined repeats too
+                    sink.request_head(self._known_head.copy())  # type: ignore[union-attr]
+                    self.on_message_complete()
+                    start += size
+                    if start == len(data):
+                        return -1
+                    if not data.startswith(known, start):
+                        break
+                data = data[start:]
+            end = data.find(b"\r\n\r\n", 0, self._known_limit)
+            self._learn = data[: end + 4] if end > 0 else None
+        if not start:
+            return self._feed(data)
+        at = self._feed(data)
+        return at if at < 0 else start + at
+
+    def _feed(self, data: bytes) -> int:
         if self._in_head:
             # all of this read belongs to the open head (llhttp buffers a long header value
             # before calling back, so this is what bounds memory for an endless head)
@@ -236,6 +293,7 @@ class RequestReader:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._at_start = False  # what follows is the tunnel's
             return int(exc.args[0])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__ or exc.__cause__
@@ -254,6 +312,7 @@ class RequestReader:
 
     # -- httptools callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._at_start = False
         self._head = head = RequestHead()
         self._lines = head.lines
         self._url = b""
@@ -372,6 +431,17 @@ class RequestReader:
             _drop_connection_listed(head, tokens)
         if head.upgrade is not None and not (tokens and b"upgrade" in tokens):
             head.upgrade = None  # Upgrade without Connection: upgrade is not an upgrade
+        if not head.chunked and not head.content_length and head.upgrade is None:
+            # no body: llhttp ends the message here, so the next byte starts one (see __init__)
+            self._at_start = head.keep_alive  # after a last request llhttp refuses more bytes
+            learn = self._learn
+            if learn is not None:
+                self._learn = None
+                if head.keep_alive and not head.expect_continue:
+                    self._known = learn
+                    self._known_head = head.copy()  # before the sink changes its lines
+        else:
+            self._learn = None
         self._sink.request_head(head)
 
 
@@ -455,7 +525,6 @@ class ResponseHead:
 # has nothing to do after those.
 _KNOWN_HEADS: dict[bytes, ResponseHead] = {}
 _KNOWN_HEADS_MAX = 256
-_KNOWN_HEAD_SIZE = 8192  # larger heads are parsed each time: the table stays under 2 MiB
 
 
 class ResponseSink(Protocol):
