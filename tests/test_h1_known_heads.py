@@ -53,6 +53,16 @@ def run(pieces: list[bytes], views: bool = False, head_request: bool = False, gz
     return sink.events, trace
 
 
+def cut_up(stream: bytes, cuts: list[int]) -> list[bytes]:
+    """``stream`` as reads of the sizes ``cuts``, then the rest."""
+    pieces, position = [], 0
+    for cut in cuts:
+        pieces.append(stream[position : position + cut])
+        position += cut
+    pieces.append(stream[position:])
+    return [p for p in pieces if p]
+
+
 _HEADS = [
     b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: %d\r\n\r\n",
     b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n",
@@ -91,13 +101,7 @@ def _message(kind: int, body: bytes) -> bytes:
 def test_a_known_head_gives_what_the_parser_gave(messages, cuts, views, head_request, gzip):
     """Any stream of responses, cut anywhere: a reader that finds its heads known (a second
     and a third run) gives the same events, offsets and flags as the parser alone gave."""
-    stream = b"".join(_message(kind, body) for kind, body in messages)
-    pieces, position = [], 0
-    for cut in cuts:
-        pieces.append(stream[position : position + cut])
-        position += cut
-    pieces.append(stream[position:])
-    pieces = [p for p in pieces if p]
+    pieces = cut_up(b"".join(_message(kind, body) for kind, body in messages), cuts)
     h1._KNOWN_HEADS.clear()
     cold = run(pieces, views, head_request, gzip)
     assert run(pieces, views, head_request, gzip) == cold
@@ -251,13 +255,7 @@ def test_a_repeated_request_head_gives_what_the_parser_gave(requests, cuts, one_
     if one_read_each:
         pieces = [_REQUESTS[i] for i in requests]
     else:
-        stream = b"".join(_REQUESTS[i] for i in requests)
-        pieces, position = [], 0
-        for cut in cuts:
-            pieces.append(stream[position : position + cut])
-            position += cut
-        pieces.append(stream[position:])
-        pieces = [p for p in pieces if p]
+        pieces = cut_up(b"".join(_REQUESTS[i] for i in requests), cuts)
     assert feed_requests(pieces, known=True) == feed_requests(pieces, known=False)
 
 

@@ -222,21 +222,7 @@ def checked_request_head(headers: list[tuple[bytes, bytes]], end_stream: bool, m
         if len(_checked) >= _CHECKED_HEADS:
             _checked.clear()
         _checked[key] = checked
-    head = RequestHead()
-    head.rare = True  # see request_head
-    head.method = checked.method
-    head.target = checked.target
-    head.host = checked.host
-    head.lines = checked.lines.copy()  # features add and replace lines in place
-    head.names = checked.names.copy()
-    head.content_length = checked.content_length
-    head.chunked = checked.chunked
-    head.expect_continue = checked.expect_continue
-    head.x_forwarded_for = checked.x_forwarded_for
-    head.x_forwarded_proto = checked.x_forwarded_proto
-    head.x_forwarded_host = checked.x_forwarded_host
-    head.forwarded = checked.forwarded
-    return head
+    return checked.copy()  # features add and replace lines in place
 
 
 def upstream_request(head: RequestHead, forwarding: bytes, add_request: bytes) -> bytes:
