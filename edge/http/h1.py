@@ -264,6 +264,7 @@ class RequestReader:
         Raises ProtocolError for anything malformed or too large.
         """
         start = 0
+        learn = None
         if self._at_start:
             known = self._known
             if known is not None and data.startswith(known):
@@ -278,8 +279,12 @@ class RequestReader:
                     if not data.startswith(known, start):
                         break
                 data = data[start:]
-            end = data.find(b"\r\n\r\n", 0, self._known_limit)
-            self._learn = data[: end + 4] if end > 0 else None
+            first = data[0]
+            if first != 13 and first != 10:  # llhttp skips CR and LF before a message: the head starts here
+                end = data.find(b"\r\n\r\n", 0, self._known_limit)
+                if end > 0:
+                    learn = data[: end + 4]
+        self._learn = learn  # only a head that starts this read, at a message start, may become known
         if not start:
             return self._feed(data)
         at = self._feed(data)
@@ -523,7 +528,7 @@ class ResponseHead:
 # and a HEAD request's bodiless answer (never looked up). Only heads whose body is exactly
 # Content-Length bytes are kept (not 1xx, 204, 304), on a connection that stays open: the parser
 # has nothing to do after those.
-_KNOWN_HEADS: dict[bytes, ResponseHead] = {}
+_KNOWN_HEADS: dict[bytes, tuple[ResponseHead, int]] = {}  # head bytes -> (parse, size the parser counted)
 _KNOWN_HEADS_MAX = 256
 
 
@@ -587,9 +592,9 @@ class ResponseReader:
             if end > 0:
                 learn = data[:end]
                 known = _KNOWN_HEADS.get(learn)
-                if known is not None:
+                if known is not None and known[1] <= self._max_head:  # the parser counts a little more than the wire
                     self._learn = None
-                    return self._known(known, data, end + 4)
+                    return self._known(known[0], data, end + 4)
         self._learn = learn
         return self._parse(data)
 
@@ -765,7 +770,8 @@ class ResponseReader:
         assert head is not None
         self._in_head = False
         # forwarded lines are counted here, all at once (each is len(name) + len(value) + 4)
-        if self._head_size + sum(map(len, self._lines)) > self._max_head:
+        size = self._head_size + sum(map(len, self._lines))
+        if size > self._max_head:
             raise ProtocolError(502, "upstream response head too large")
         parser = self._parser
         head.status = parser.get_status_code()
@@ -783,7 +789,7 @@ class ResponseReader:
                     and head.keep_alive):  # after a last response llhttp refuses more bytes: the parser must see them
                 if len(_KNOWN_HEADS) >= _KNOWN_HEADS_MAX:
                     _KNOWN_HEADS.clear()
-                _KNOWN_HEADS[learn] = head.copy()  # before the sink changes its lines
+                _KNOWN_HEADS[learn] = (head.copy(), size)  # before the sink changes its lines
         self._sink.response_head(head)
         if self.expect_no_body and head.status >= 200:
             raise _HeadOnly()
@@ -795,5 +801,5 @@ class ResponseReader:
         head = self._head
         if head is not None and head.status >= 200:
             self.ended = True
-        self._at_start = True
+        self._at_start = head is None or head.keep_alive  # after a last response llhttp refuses more bytes
         self._sink.response_end()
