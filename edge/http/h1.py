@@ -279,7 +279,7 @@ class RequestReader:
                     if not data.startswith(known, start):
                         break
                 data = data[start:]
-            first = data[0]
+            first = data[0] if data else 13
             if first != 13 and first != 10:  # llhttp skips CR and LF before a message: the head starts here
                 end = data.find(b"\r\n\r\n", 0, self._known_limit)
                 if end > 0:
