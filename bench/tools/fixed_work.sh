@@ -5,7 +5,9 @@
 #
 #   [PROTO=h1|https|h2] bench/tools/fixed_work.sh POLICY PATH N [MODE]
 #     PROTO h1 (default): plain HTTP/1.1; https: HTTP/1.1 over TLS 1.3 (the bench's suite and group,
-#           bench/tls.py); h2: HTTP/2 over TLS with h2load -m10 (as the bench's h2 test)
+#           bench/tls.py); h2: HTTP/2 over TLS with h2load -m10 (as the bench's h2 test);
+#           handshakes: bench.handshakes (a full handshake per request) for N *seconds*, the count
+#           of requests in DIR/run.txt (divide the callgrind total or the CPU ticks by it)
 #     MODE callgrind (default): instructions, counters zeroed after warm-up; then
 #                               .venv/bin/python bench/tools/callgrind_self.py DIR/cg.out.PID.1 N
 #     MODE ops:                 Python bytecodes and calls per function (sys.settrace; slow)
@@ -40,7 +42,7 @@ d = Path(sys.argv[1]); files = tls.issue(d); tls.write_client_conf(d / 'client.c
 p = d / 'edge.yaml'; p.write_text(peers.with_tls_listener(p.read_text(),
     {'tls_port': int(sys.argv[2]), 'tls_cert': files.cert, 'tls_key': files.key}))" "$D" "$TP")
   URL=https://127.0.0.1:$TP
-  [ "$PROTO" = https ] && CLIENT=(env "OPENSSL_CONF=$D/client.cnf" h2load --h1) \
+  [ "$PROTO" != h2 ] && CLIENT=(env "OPENSSL_CONF=$D/client.cnf" h2load --h1) \
     || CLIENT=(env "OPENSSL_CONF=$D/client.cnf" h2load -m10)
 fi
 nginx -c "$D/origin.conf" -g 'daemon off;' -e "$D/origin-error.log" & NGX=$!
@@ -59,13 +61,18 @@ read -r U0 S0 < <(awk '{print $14, $15}' /proc/$EDGE/stat)
 [ "$MODE" = record ] && { perf record -e cpu-clock -F 4999 -p $EDGE -o "$D/perf.data" > /dev/null 2>&1 & PERF=$!; sleep 0.5; }
 [ "$MODE" = perf ] && { perf stat -e task-clock,cycles,instructions,page-faults,context-switches,syscalls:sys_enter_mmap,syscalls:sys_enter_munmap,syscalls:sys_enter_brk \
   -p $EDGE -o "$D/perf.txt" & PERF=$!; sleep 0.5; }
-"${CLIENT[@]}" -n "$N" -c 50 "$URL$URLPATH" > "$D/run.txt"
+if [ "$PROTO" = handshakes ]; then
+  (cd "$ROOT" && env "OPENSSL_CONF=$D/client.cnf" "$PY" -m bench.handshakes --url "$URL$URLPATH" -c 50 -d "$N") \
+    > "$D/run.txt"
+else
+  "${CLIENT[@]}" -n "$N" -c 50 "$URL$URLPATH" > "$D/run.txt"
+fi
 read -r U1 S1 < <(awk '{print $14, $15}' /proc/$EDGE/stat)
 [ "$MODE" = record ] && { kill -INT $PERF; wait $PERF; perf report -i "$D/perf.data" --sort dso --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -12; }
 [ "$MODE" = perf ] && { kill -INT $PERF; wait $PERF; grep -E "[0-9]" "$D/perf.txt"; }
 [ "$MODE" = callgrind ] && callgrind_control -d $EDGE > /dev/null
 [ "$MODE" = ops ] && kill -USR2 $EDGE && sleep 1
-grep -E "requests:|status codes|finished in" "$D/run.txt"
-echo "cpu ticks: user $((U1-U0)) sys $((S1-S0)) for $N requests"
+grep -E "requests:|status codes|finished in|\"requests\"" "$D/run.txt" | cut -c1-200
+echo "cpu ticks: user $((U1-U0)) sys $((S1-S0)) for $N $([ "$PROTO" = handshakes ] && echo seconds || echo requests)"
 kill $EDGE; wait $EDGE 2>/dev/null; kill $NGX; wait $NGX 2>/dev/null
 echo "DIR=$D"
