@@ -135,6 +135,36 @@ def head_ok(head: RequestHead | None) -> bool:
     return head is not None and head.upgrade is None
 
 
+class _ClosedTransport:
+    """A closed client connection's transport: whatever still calls it after connection_lost
+    (a late upstream byte, a flush) finds a closed transport that ignores it."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writelines(self, data: list[bytes]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    abort = pause_reading = resume_reading = close
+
+    def is_closing(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+_CLOSED = _ClosedTransport()
+
+
 class _Pending:
     """A pipelined request waiting for the ones before it to be answered."""
 
@@ -405,6 +435,13 @@ class ClientConnection(asyncio.Protocol):
         if self._head is not None and self._ustate is not None and not self._resp_started:
             self._ustate.inflight -= 1
             self._ustate = None
+        # Let refcounting free this connection now: the transport holds us and we hold it, the
+        # parser holds the reader's callbacks and the reader ours. Left to the cyclic collector,
+        # every connection's objects (its SSL object and buffers too) were freed in bulk, late,
+        # and glibc's malloc paid for the fragmentation: a third more CPU in malloc after 30 s
+        # of one handshake per request, 5% more per handshake.
+        self.transport = _CLOSED  # type: ignore[assignment]
+        self.reader.close()
 
     def pause_writing(self) -> None:
         self._write_paused = True
