@@ -321,6 +321,7 @@ class ClientConnection(asyncio.Protocol):
                 h2 = _h2_protocol()(self.server, self.listener, self.proto)  # type: ignore[misc]
                 transport.set_protocol(h2)  # type: ignore[attr-defined]
                 h2.connection_made(transport)
+                self.reader.close()  # this protocol is done with: freed now, not by the collector
                 return
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
