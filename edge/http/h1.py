@@ -318,7 +318,6 @@ class RequestReader:
     def close(self) -> None:
         """The connection is gone: drop the parser and the sink (they and we refer to each other)."""
         self._parser = self._sink = self.on_body = self.on_message_complete = None  # type: ignore[assignment]
-        self._known = self._known_head = self._head = None
 
     # -- httptools callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
